@@ -1,0 +1,201 @@
+/** Config file -> validated, typed Config. Every error names the key, the value and what is allowed. */
+import { readFileSync } from 'node:fs';
+import { isIP } from 'node:net';
+import path from 'node:path';
+import { parse as parseToml, TomlError } from 'smol-toml';
+import { KEYS, type KeyKind, type KeySpec } from './schema.js';
+import type { Config, LogLevel } from './types.js';
+
+export class ConfigError extends Error {
+  readonly exitCode = 2;
+  constructor(message: string) {
+    super(message);
+    this.name = 'ConfigError';
+  }
+}
+
+type Value = string | number | string[];
+type TomlTable = { [key: string]: unknown };
+
+const DOMAIN_RE = /^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$/;
+const HOSTNAME_RE = DOMAIN_RE;
+const SIZE_RE = /^(\d+)\s*([kmg]?)i?b?$/i;
+
+function show(value: unknown): string {
+  return JSON.stringify(value) ?? String(value);
+}
+
+function fail(where: string, spec: KeySpec, value: unknown, allowed: string): never {
+  throw new ConfigError(`${where}: key "${spec.key}": value ${show(value)} is not allowed: ${allowed}`);
+}
+
+function validate(where: string, spec: KeySpec, raw: unknown): Value {
+  const kind: KeyKind = spec.kind;
+  switch (kind.type) {
+    case 'string':
+      if (typeof raw !== 'string' || (!kind.allowEmpty && raw.trim() === '')) {
+        fail(where, spec, raw, kind.allowEmpty ? 'expected a string' : 'expected a non-empty string');
+      }
+      return raw;
+    case 'host':
+      if (typeof raw !== 'string' || !(isIP(raw) !== 0 || HOSTNAME_RE.test(raw.toLowerCase()))) {
+        fail(where, spec, raw, 'expected an IP address such as "127.0.0.1" or "::1", or a host name');
+      }
+      return raw;
+    case 'port':
+      if (typeof raw !== 'number' || !Number.isInteger(raw) || raw < 0 || raw > 65535) {
+        fail(where, spec, raw, 'expected an integer port from 1 to 65535, or 0 to disable');
+      }
+      return raw;
+    case 'int':
+      if (typeof raw !== 'number' || !Number.isInteger(raw) || raw < kind.min || raw > kind.max) {
+        fail(where, spec, raw, `expected an integer from ${kind.min} to ${kind.max}`);
+      }
+      return raw;
+    case 'size': {
+      const allowed = 'expected a size in bytes (an integer) or a string such as "25M", "512K", "1G"';
+      let bytes: number;
+      if (typeof raw === 'number' && Number.isInteger(raw)) bytes = raw;
+      else if (typeof raw === 'string' && SIZE_RE.test(raw.trim())) {
+        const m = SIZE_RE.exec(raw.trim())!;
+        const mult = { '': 1, k: 1024, m: 1024 ** 2, g: 1024 ** 3 }[m[2]!.toLowerCase() as '' | 'k' | 'm' | 'g'];
+        bytes = Number(m[1]) * mult;
+      } else fail(where, spec, raw, allowed);
+      if (bytes < 1024 || bytes > 2 * 1024 ** 3) fail(where, spec, raw, `${allowed}, between 1K and 2G`);
+      return bytes;
+    }
+    case 'domain': {
+      if (typeof raw !== 'string' || !DOMAIN_RE.test(raw.toLowerCase())) {
+        fail(where, spec, raw, 'expected a domain name such as "example.onion" or "localhost"');
+      }
+      return raw.toLowerCase();
+    }
+    case 'domains': {
+      if (!Array.isArray(raw) || raw.some((d) => typeof d !== 'string' || !DOMAIN_RE.test(d.toLowerCase()))) {
+        fail(where, spec, raw, 'expected a list of domain names, e.g. ["example.onion", "mail.example"]');
+      }
+      return (raw as string[]).map((d) => d.toLowerCase());
+    }
+    case 'enum':
+      if (typeof raw !== 'string' || !kind.values.includes(raw)) {
+        fail(where, spec, raw, `expected one of ${kind.values.map((v) => `"${v}"`).join(', ')}`);
+      }
+      return raw;
+  }
+}
+
+function isTable(v: unknown): v is TomlTable {
+  return typeof v === 'object' && v !== null && !Array.isArray(v) && !(v instanceof Date);
+}
+
+/** Flattens a TOML document into dotted keys and rejects keys the schema does not know. */
+function flatten(where: string, doc: TomlTable): Map<string, unknown> {
+  const known = new Set(KEYS.map((k) => k.key));
+  const sections = new Set(KEYS.filter((k) => k.key.includes('.')).map((k) => k.key.split('.')[0]!));
+  const out = new Map<string, unknown>();
+  const walk = (table: TomlTable, prefix: string): void => {
+    for (const [name, value] of Object.entries(table)) {
+      const key = prefix ? `${prefix}.${name}` : name;
+      if (known.has(key)) out.set(key, value);
+      else if (!prefix && sections.has(name) && isTable(value)) walk(value, key);
+      else {
+        const hint = sections.has(name) ? ` ([${name}] is a section)` : '';
+        throw new ConfigError(
+          `${where}: unknown key "${key}"${hint}; known keys are: ${[...known].join(', ')}` +
+            ` (see config/onionpost.example.toml)`,
+        );
+      }
+    }
+  };
+  walk(doc, '');
+  return out;
+}
+
+/**
+ * Reads and validates a config. `file` null means the embedded default (no file), with
+ * relative paths resolved against `baseDir` (the current directory).
+ */
+export function loadConfig(file: string | null, baseDir: string = process.cwd()): Config {
+  let doc: TomlTable = {};
+  let where = 'embedded default config';
+  let base = baseDir;
+  let absFile: string | null = null;
+  if (file !== null) {
+    absFile = path.resolve(baseDir, file);
+    where = absFile;
+    base = path.dirname(absFile);
+    let text: string;
+    try {
+      text = readFileSync(absFile, 'utf8');
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      const why = code === 'ENOENT' ? 'no such file' : code === 'EACCES' ? 'permission denied' : String(err);
+      throw new ConfigError(`cannot read config file ${absFile}: ${why} (create it from config/onionpost.example.toml)`);
+    }
+    try {
+      doc = parseToml(text) as TomlTable;
+    } catch (err) {
+      const msg = err instanceof TomlError ? err.message.split('\n')[0] : String(err);
+      const line = err instanceof TomlError ? `:${err.line}` : '';
+      throw new ConfigError(`${absFile}${line}: not valid TOML: ${msg}`);
+    }
+  }
+  const given = flatten(where, doc);
+  const values = new Map<string, Value>();
+  for (const spec of KEYS) {
+    values.set(spec.key, given.has(spec.key) ? validate(where, spec, given.get(spec.key)) : spec.default);
+  }
+  const str = (k: string): string => values.get(k) as string;
+  const num = (k: string): number => values.get(k) as number;
+
+  const dataDir = path.resolve(base, str('data_dir'));
+  const inData = (p: string): string => path.resolve(dataDir, p);
+  const domain = str('domain');
+  const localDomains = [domain, ...(values.get('local_domains') as string[]).filter((d) => d !== domain)];
+
+  const certGiven = str('tls.cert') !== '';
+  const keyGiven = str('tls.key') !== '';
+  if (certGiven !== keyGiven) {
+    throw new ConfigError(
+      `${where}: keys "tls.cert" and "tls.key" go together: set both (your own certificate) or neither (a self-signed one is generated in the data dir)`,
+    );
+  }
+  const ports: Array<[string, number]> = [
+    ['smtp.port', num('smtp.port')],
+    ['imap.port', num('imap.port')],
+    ['imap.tls_port', num('imap.tls_port')],
+  ];
+  for (let i = 0; i < ports.length; i++) {
+    for (let j = i + 1; j < ports.length; j++) {
+      if (ports[i]![1] !== 0 && ports[i]![1] === ports[j]![1]) {
+        throw new ConfigError(
+          `${where}: keys "${ports[i]![0]}" and "${ports[j]![0]}" both use port ${ports[i]![1]}: give each listener its own port`,
+        );
+      }
+    }
+  }
+
+  return {
+    file: absFile,
+    dataDir,
+    domain,
+    localDomains,
+    smtp: {
+      inbound: { host: str('smtp.host'), port: num('smtp.port') },
+      maxMessageSize: num('smtp.max_message_size'),
+      maxRecipients: num('smtp.max_recipients'),
+    },
+    imap: {
+      plain: { host: str('imap.host'), port: num('imap.port') },
+      tls: { host: str('imap.host'), port: num('imap.tls_port') },
+    },
+    tls: {
+      cert: certGiven ? path.resolve(base, str('tls.cert')) : inData('tls/cert.pem'),
+      key: keyGiven ? path.resolve(base, str('tls.key')) : inData('tls/key.pem'),
+      configured: certGiven,
+    },
+    users: { file: str('users.file') !== '' ? path.resolve(base, str('users.file')) : inData('users.passwd') },
+    store: { type: 'maildir', maildir: str('store.maildir') },
+    log: { level: str('log.level') as LogLevel },
+  };
+}

@@ -1,0 +1,43 @@
+/**
+ * Declarative description of every config key: its TOML path, default, and how to validate it.
+ * config/onionpost.example.toml documents the same keys; test/config.test.ts keeps the two in sync.
+ */
+import type { LogLevel } from './types.js';
+
+export type KeyKind =
+  | { type: 'string'; allowEmpty?: boolean }
+  | { type: 'host' }
+  | { type: 'port' }
+  | { type: 'size' }
+  | { type: 'int'; min: number; max: number }
+  | { type: 'domain' }
+  | { type: 'domains' }
+  | { type: 'enum'; values: readonly string[] };
+
+export interface KeySpec {
+  /** Dotted TOML path, e.g. "smtp.port". */
+  key: string;
+  kind: KeyKind;
+  default: string | number | string[];
+}
+
+export const LOG_LEVELS: readonly LogLevel[] = ['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'];
+
+export const KEYS: readonly KeySpec[] = [
+  { key: 'data_dir', kind: { type: 'string' }, default: 'data' },
+  { key: 'domain', kind: { type: 'domain' }, default: 'localhost' },
+  { key: 'local_domains', kind: { type: 'domains' }, default: [] },
+  { key: 'smtp.host', kind: { type: 'host' }, default: '127.0.0.1' },
+  { key: 'smtp.port', kind: { type: 'port' }, default: 2525 },
+  { key: 'smtp.max_message_size', kind: { type: 'size' }, default: 25 * 1024 * 1024 },
+  { key: 'smtp.max_recipients', kind: { type: 'int', min: 1, max: 100000 }, default: 100 },
+  { key: 'imap.host', kind: { type: 'host' }, default: '127.0.0.1' },
+  { key: 'imap.port', kind: { type: 'port' }, default: 2143 },
+  { key: 'imap.tls_port', kind: { type: 'port' }, default: 2993 },
+  { key: 'tls.cert', kind: { type: 'string', allowEmpty: true }, default: '' },
+  { key: 'tls.key', kind: { type: 'string', allowEmpty: true }, default: '' },
+  { key: 'users.file', kind: { type: 'string', allowEmpty: true }, default: '' },
+  { key: 'store.type', kind: { type: 'enum', values: ['maildir'] }, default: 'maildir' },
+  { key: 'store.maildir', kind: { type: 'string' }, default: 'mail/%u' },
+  { key: 'log.level', kind: { type: 'enum', values: LOG_LEVELS }, default: 'info' },
+];
