@@ -1,17 +1,40 @@
 /** `onionpost start`: runs the server in the foreground until SIGTERM/SIGINT; SIGHUP reloads. */
+import { mkdirSync } from 'node:fs';
+import path from 'node:path';
+import { parseArgs } from 'node:util';
 import { createLogger } from '../log/logger.js';
 import { OnionpostServer } from '../server.js';
 import { CliError, type CommandGroup } from './command.js';
+import { PidFile } from './instance-lock.js';
+
+function parseStartArgs(args: string[]): { pidfile: string | null } {
+  try {
+    const { values } = parseArgs({ args, options: { pidfile: { type: 'string' } }, strict: true, allowPositionals: false });
+    return { pidfile: values.pidfile ? path.resolve(values.pidfile) : null };
+  } catch (err) {
+    throw new CliError(`start: ${(err as Error).message}\nusage: onionpost start [--config FILE] [--pidfile FILE]`, 64);
+  }
+}
 
 const start: CommandGroup = async (args, ctx) => {
-  if (args.length > 0) throw new CliError(`start takes no arguments besides --config, got: ${args.join(' ')}`, 64);
+  const { pidfile } = parseStartArgs(args);
   const config = ctx.config();
   const logger = createLogger(config.log.level);
+  try {
+    mkdirSync(config.dataDir, { recursive: true, mode: 0o700 });
+  } catch (err) {
+    throw new CliError(`cannot create the data dir ${config.dataDir}: ${(err as Error).message} (check data_dir in the config)`, 73);
+  }
+  const locks = [PidFile.acquire(path.join(config.dataDir, 'onionpost.pid'), `the data dir ${config.dataDir}`)];
+  const releaseLocks = (): void => locks.splice(0).forEach((l) => l.release());
   const server = new OnionpostServer(config, logger);
   let listening;
   try {
+    if (pidfile) locks.push(PidFile.acquire(pidfile, `the pidfile`));
     listening = await server.start();
   } catch (err) {
+    releaseLocks();
+    if (err instanceof CliError) throw err;
     throw new CliError(err instanceof Error ? err.message : String(err), 75);
   }
   const out = ctx.io.stdout;
@@ -39,10 +62,12 @@ const start: CommandGroup = async (args, ctx) => {
         () => {
           clearTimeout(timer);
           process.off('SIGHUP', hup);
+          releaseLocks();
           resolve(0);
         },
         (err: unknown) => {
           logger.error({ err }, 'error while stopping');
+          releaseLocks();
           resolve(1);
         },
       );

@@ -1,0 +1,309 @@
+/**
+ * `onionpost user add|passwd|del|list`: edits the users file (config `users.file`).
+ * A running daemon notices the change by itself within about a second.
+ */
+import { StringDecoder } from 'node:string_decoder';
+import type { Config } from '../config/types.js';
+import { validateUserName } from '../users/passwd-file.js';
+import { UserDb, UserDbError, type UserDbErrorCode } from '../users/user-db.js';
+import { CliError, type CliIO, type CommandGroup } from './command.js';
+
+export const USER_USAGE = `usage: onionpost user <subcommand> [arguments]
+
+subcommands:
+  add NAME [--password-stdin]     create a user; their address is NAME@<domain>
+  passwd NAME [--password-stdin]  set a new password
+  del NAME                        remove a user (their mail is not deleted)
+  list                            list the users, one per line
+
+Without --password-stdin the password is asked for twice on the terminal, not echoed.
+With --password-stdin one line is read from standard input, for example:
+  printf '%s\\n' "$PASSWORD" | onionpost user add alice --password-stdin
+User names: lower-case letters, digits, ".", "-" and "_", at most 64 characters.
+`;
+
+/** sysexits codes for the user-db errors. */
+const EXIT: Record<UserDbErrorCode, number> = {
+  'invalid-name': 65, // EX_DATAERR
+  'invalid-password': 65,
+  'unknown-user': 67, // EX_NOUSER
+  exists: 73, // EX_CANTCREAT
+  io: 74, // EX_IOERR
+  locked: 75, // EX_TEMPFAIL
+};
+
+interface Parsed {
+  sub: string;
+  name?: string;
+  passwordStdin: boolean;
+}
+
+const SUBCOMMANDS: Record<string, { takesName: boolean; takesPassword: boolean }> = {
+  add: { takesName: true, takesPassword: true },
+  passwd: { takesName: true, takesPassword: true },
+  del: { takesName: true, takesPassword: false },
+  list: { takesName: false, takesPassword: false },
+};
+
+function usageError(message: string): CliError {
+  return new CliError(`${message}\n\n${USER_USAGE}`, 64);
+}
+
+function parseArgs(args: string[]): Parsed | 'help' {
+  if (args.length === 0) throw usageError('user: a subcommand is missing');
+  if (args.some((a) => a === '-h' || a === '--help') || args[0] === 'help') return 'help';
+  const [sub, ...rest] = args as [string, ...string[]];
+  const spec = SUBCOMMANDS[sub];
+  if (!spec) throw usageError(`user: unknown subcommand "${sub}"`);
+  const positional: string[] = [];
+  let passwordStdin = false;
+  let onlyPositional = false;
+  for (const a of rest) {
+    if (!onlyPositional && a === '--') onlyPositional = true;
+    else if (!onlyPositional && a === '--password-stdin' && spec.takesPassword) passwordStdin = true;
+    else if (!onlyPositional && a.startsWith('-') && a !== '-') throw usageError(`user ${sub}: unknown option "${a}"`);
+    else positional.push(a);
+  }
+  if (spec.takesName) {
+    if (positional.length === 0) throw usageError(`user ${sub}: the user NAME is missing`);
+    if (positional.length > 1) throw usageError(`user ${sub}: only one NAME, got ${positional.length}`);
+    return { sub, name: positional[0]!, passwordStdin };
+  }
+  if (positional.length > 0) throw usageError(`user ${sub}: unexpected argument "${positional[0]}"`);
+  return { sub, passwordStdin };
+}
+
+const userCommand: CommandGroup = async (args, ctx) => {
+  const parsed = parseArgs(args);
+  if (parsed === 'help') {
+    ctx.io.stdout.write(USER_USAGE);
+    return 0;
+  }
+  const config = ctx.config();
+  const db = new UserDb(config.users.file, { localDomains: config.localDomains });
+  const { io } = ctx;
+  const warnProblems = () => {
+    for (const p of db.problems) io.stderr.write(`onionpost: warning: ${p}\n`);
+  };
+  try {
+    switch (parsed.sub) {
+      case 'list': {
+        const users = db.list();
+        warnProblems();
+        for (const u of users) io.stdout.write(`${u.name}\n`);
+        if (users.length === 0) io.stderr.write(`onionpost: no users in ${db.file}\n`);
+        return 0;
+      }
+      case 'add': {
+        const name = bareName(parsed.name!, config);
+        const invalid = validateUserName(name);
+        if (invalid) throw new UserDbError('invalid-name', invalid);
+        warnProblems();
+        // Fail before asking for a password when the name is already taken.
+        const existing = db.get(name);
+        if (existing) throw new UserDbError('exists', `user "${existing.name}" already exists`);
+        const password = await readPassword(io, parsed.passwordStdin);
+        const user = await db.add(name, password);
+        io.stdout.write(`added user ${user.name}: mail address ${user.name}@${config.domain}\n`);
+        return 0;
+      }
+      case 'passwd': {
+        warnProblems();
+        const existing = db.get(parsed.name!);
+        if (!existing) throw new UserDbError('unknown-user', `no user "${parsed.name}" in ${db.file}`);
+        const password = await readPassword(io, parsed.passwordStdin);
+        const user = await db.setPassword(existing.name, password);
+        io.stdout.write(`changed the password of ${user.name}\n`);
+        return 0;
+      }
+      case 'del': {
+        warnProblems();
+        const user = await db.remove(parsed.name!);
+        io.stdout.write(`removed user ${user.name} (their mail was not deleted)\n`);
+        return 0;
+      }
+    }
+    throw usageError(`user: unknown subcommand "${parsed.sub}"`);
+  } catch (err) {
+    if (err instanceof UserDbError) throw new CliError(err.message, EXIT[err.code]);
+    throw err;
+  }
+};
+
+export default userCommand;
+
+/** `alice` or `alice@<one of our domains>` -> `alice` (new users get bare names). */
+function bareName(name: string, config: Config): string {
+  const at = name.lastIndexOf('@');
+  if (at === -1) return name;
+  const domain = name.slice(at + 1).toLowerCase();
+  if (!config.localDomains.includes(domain)) {
+    throw new CliError(
+      `"${name}" is not in a local domain (${config.localDomains.join(', ')}); give the bare user name, e.g. "${name.slice(0, at)}"`,
+      65,
+    );
+  }
+  return name.slice(0, at);
+}
+
+// ---------------------------------------------------------------------------------------
+// Reading the password
+
+async function readPassword(io: CliIO, fromStdin: boolean): Promise<string> {
+  if (fromStdin) {
+    const line = await readOneLine(io.stdin);
+    if (line === null) throw new CliError('--password-stdin: standard input was empty; give the password as one line', 65);
+    if (line === '') throw new CliError('--password-stdin: the password is empty', 65);
+    return line;
+  }
+  if (!io.stdin.isTTY || typeof io.stdin.setRawMode !== 'function') {
+    throw new CliError(
+      'standard input is not a terminal, so the password cannot be asked for: use --password-stdin and give the password as one line on standard input',
+      64,
+    );
+  }
+  const [first, second] = await readHiddenLines(io, ['Password: ', 'Retype password: ']);
+  if (first === '') throw new CliError('the password is empty', 65);
+  if (first !== second) throw new CliError('the passwords do not match; nothing was changed', 65);
+  return first!;
+}
+
+/**
+ * Stops reading. A paused pipe or terminal still keeps the process alive while its writer
+ * stays open, so the handle is also unref'd: the command exits once it is done.
+ */
+function release(stream: NodeJS.ReadableStream): void {
+  stream.pause();
+  (stream as { unref?: () => void }).unref?.();
+}
+
+/** One line from a stream (without "\n" or "\r\n"); null when it ends before any byte. */
+export function readOneLine(stream: NodeJS.ReadableStream): Promise<string | null> {
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    let got = false;
+    const finish = (value: string | null, err?: Error) => {
+      stream.removeListener('data', onData);
+      stream.removeListener('end', onEnd);
+      stream.removeListener('error', onError);
+      release(stream);
+      if (err) reject(err);
+      else resolve(value);
+    };
+    const onData = (chunk: Buffer | string) => {
+      got = true;
+      const buf = typeof chunk === 'string' ? Buffer.from(chunk) : chunk;
+      const nl = buf.indexOf(0x0a);
+      if (nl === -1) {
+        chunks.push(buf);
+        return;
+      }
+      chunks.push(buf.subarray(0, nl));
+      finish(Buffer.concat(chunks).toString('utf8').replace(/\r$/, ''));
+    };
+    const onEnd = () => finish(got ? Buffer.concat(chunks).toString('utf8').replace(/\r$/, '') : null);
+    const onError = (err: Error) => finish(null, new CliError(`cannot read standard input: ${err.message}`, 74));
+    stream.on('data', onData);
+    stream.on('end', onEnd);
+    stream.on('error', onError);
+    stream.resume();
+  });
+}
+
+/**
+ * Asks for one line per prompt on a terminal in raw mode, echoing nothing. Backspace,
+ * Ctrl-U (clear), Ctrl-C (abort, exit 130) and Ctrl-D (abort on an empty line) work;
+ * other control keys and escape sequences (arrows) are ignored.
+ */
+export function readHiddenLines(io: CliIO, prompts: string[]): Promise<string[]> {
+  const stdin = io.stdin;
+  return new Promise((resolve, reject) => {
+    const decoder = new StringDecoder('utf8');
+    const lines: string[] = [];
+    let current: string[] = [];
+    let escape: 'none' | 'esc' | 'csi' = 'none';
+    let done = false;
+
+    const cleanup = () => {
+      done = true;
+      stdin.removeListener('data', onData);
+      stdin.removeListener('end', onEnd);
+      stdin.removeListener('error', onEnd);
+      try {
+        stdin.setRawMode?.(false);
+      } finally {
+        release(stdin);
+      }
+    };
+    const fail = (err: CliError) => {
+      io.stderr.write('\n');
+      cleanup();
+      reject(err);
+    };
+    const onEnd = () => {
+      if (!done) fail(new CliError('no password given (end of input)', 65));
+    };
+    const onData = (chunk: Buffer | string) => {
+      const text = typeof chunk === 'string' ? chunk : decoder.write(chunk);
+      for (const ch of text) {
+        if (done) return;
+        if (escape === 'esc') {
+          escape = ch === '[' || ch === 'O' ? 'csi' : 'none';
+          continue;
+        }
+        if (escape === 'csi') {
+          if (/[@-~]/.test(ch)) escape = 'none';
+          continue;
+        }
+        switch (ch) {
+          case '\r':
+          case '\n':
+            io.stderr.write('\n');
+            lines.push(current.join(''));
+            current = [];
+            if (lines.length === prompts.length) {
+              cleanup();
+              resolve(lines);
+              return;
+            }
+            io.stderr.write(prompts[lines.length]!);
+            break;
+          case '\u0003': // Ctrl-C
+            fail(new CliError('interrupted', 130));
+            return;
+          case '\u0004': // Ctrl-D
+            if (current.length === 0) {
+              fail(new CliError('no password given', 65));
+              return;
+            }
+            break;
+          case '\u007f':
+          case '\b':
+            current.pop();
+            break;
+          case '\u0015': // Ctrl-U
+            current = [];
+            break;
+          case '\u001b':
+            escape = 'esc';
+            break;
+          default:
+            if (ch >= ' ') current.push(ch);
+        }
+      }
+    };
+
+    io.stderr.write(prompts[0]!);
+    try {
+      stdin.setRawMode!(true);
+    } catch (err) {
+      reject(new CliError(`cannot switch the terminal to no-echo mode: ${(err as Error).message}; use --password-stdin`, 74));
+      return;
+    }
+    stdin.on('data', onData);
+    stdin.on('end', onEnd);
+    stdin.on('error', onEnd);
+    stdin.resume();
+  });
+}
+

@@ -1,0 +1,73 @@
+/** Shared plumbing for the imap-core handlers: context, user lookup, error mapping. */
+import type { Logger } from 'pino';
+import { StoreError, type MailStore } from '../store/types.js';
+import type { ImapSession, SelectedMailbox } from './imap-core-types.js';
+import type { ImapNotifier } from './notifier.js';
+import type { StructureCache } from './structure-cache.js';
+
+/** Quota limit in bytes for a user; null means unlimited. */
+export type QuotaFor = (user: string) => number | null | Promise<number | null>;
+
+export interface HandlerContext {
+  store: MailStore;
+  notifier: ImapNotifier;
+  logger: Logger;
+  cache: StructureCache;
+  quotaFor?: QuotaFor;
+}
+
+/** The store's user key of an authenticated session. */
+export function userOf(session: ImapSession): string {
+  const id = session.user?.id;
+  if (!id) throw new Error('imap: handler called without an authenticated user');
+  return id;
+}
+
+/** The selected mailbox, if it is the one a handler was called for. */
+export function selectedFor(session: ImapSession, mailboxId: string): SelectedMailbox | null {
+  const selected = session.selected;
+  return selected && selected.mailbox === mailboxId ? selected : null;
+}
+
+/** The IMAP response code for a store error, or null for anything else. */
+export function storeErrorCode(err: unknown): string | null {
+  if (err instanceof StoreError) return err.code;
+  if (err instanceof Error && err.name === 'StoreError') {
+    const code: unknown = (err as Error & { code?: unknown }).code;
+    if (typeof code === 'string') return code;
+  }
+  return null;
+}
+
+export function asError(err: unknown): Error {
+  return err instanceof Error ? err : new Error(String(err));
+}
+
+/**
+ * Binds a node callback; the returned function runs an async handler body and reports its
+ * result on success; for a StoreError the result `onCode(code)` builds (`NO [CODE]` in most
+ * handlers), if given; otherwise the error (imap-core answers `NO [TEMPFAIL]` without its
+ * text) after logging it. (Two steps so that the callback alone fixes the result type.)
+ */
+export function respond<A extends unknown[]>(
+  ctx: HandlerContext,
+  what: string,
+  session: ImapSession,
+  cb: (err: Error | null, ...result: A) => void,
+): (body: () => Promise<A>, onCode?: (code: string) => A) => void {
+  return (body, onCode) => {
+    body().then(
+      (result) => cb(null, ...result),
+      (err: unknown) => {
+        const code = storeErrorCode(err);
+        if (code && onCode) {
+          cb(null, ...onCode(code));
+          return;
+        }
+        ctx.logger.error({ err, cid: session.id, user: session.user?.id }, `imap: ${what} failed`);
+        // imap-core passes the error on; the arguments after it are not read
+        (cb as unknown as (err: Error) => void)(asError(err));
+      },
+    );
+  };
+}

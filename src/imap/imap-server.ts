@@ -1,0 +1,185 @@
+/**
+ * The IMAP listener: wildduck's imap-core bound to a MailStore.
+ *
+ * One call makes one listener; the composition root makes two (plain with STARTTLS on 143,
+ * implicit TLS on 993) sharing the store and, if it wants, one structure cache.
+ */
+import type { AddressInfo, Socket } from 'node:net';
+import type { Logger } from 'pino';
+import type { MailStore } from '../store/types.js';
+import { createAuthHandler, type Authenticate } from './auth.js';
+import { createFetchHandler } from './fetch.js';
+import type { HandlerContext, QuotaFor } from './handler-context.js';
+import type { ConnectionOptions, ImapConnection, ImapCoreLogger, ImapCoreServer, ImapCoreServerOptions } from './imap-core-types.js';
+import { IMAPConnection, IMAPServer, routeImapCoreErrors } from './imap-core.js';
+import { createMailboxHandlers } from './mailbox-handlers.js';
+import { createMessageHandlers } from './message-handlers.js';
+import { ImapNotifier } from './notifier.js';
+import { createSearchHandler } from './search.js';
+import { StructureCache } from './structure-cache.js';
+
+export type { Authenticate } from './auth.js';
+export type { QuotaFor } from './handler-context.js';
+
+export const DEFAULT_MAX_MESSAGE = 25 * 1024 * 1024;
+const SERVER_NAME = 'onionpost';
+
+export interface ImapServerOptions {
+  store: MailStore;
+  authenticate: Authenticate;
+  logger: Logger;
+  /** Certificate and key (PEM). Plain listener: enables STARTTLS. Required when `secure`. */
+  tls?: { key: string | Buffer; cert: string | Buffer };
+  /** Implicit TLS (port 993 style). */
+  secure: boolean;
+  /** Quota limit in bytes per user (null: unlimited). Default: unlimited. */
+  quota?: QuotaFor;
+  /** Largest APPEND accepted, bytes (advertised as APPENDLIMIT). Default 25 MiB. */
+  maxMessage?: number;
+  /** Share one metadata cache between listeners. */
+  cache?: StructureCache;
+  /** How long close() lets sessions finish before saying BYE, ms. Default 1000. */
+  closeTimeout?: number;
+}
+
+export interface ImapServer {
+  listen(port: number, host: string): Promise<void>;
+  /** Stops accepting, lets sessions finish up to closeTimeout, says BYE, closes. */
+  close(): Promise<void>;
+  address(): AddressInfo | null;
+  /** Replaces certificate and key for new connections (SIGHUP). */
+  updateTls(tls: { key: string | Buffer; cert: string | Buffer }): void;
+  /** The notifier (a writer outside the store could wake sessions with it). */
+  readonly notifier: ImapNotifier;
+  /** Number of open connections. */
+  connectionCount(): number;
+}
+
+export function createImapServer(options: ImapServerOptions): ImapServer {
+  const { store, logger } = options;
+  if (options.secure && !options.tls) throw new Error('imap: an implicit-TLS listener needs tls.key and tls.cert');
+
+  const log = logger.child({ component: 'imap' });
+  routeImapCoreErrors(log);
+
+  const coreOptions: ImapCoreServerOptions = {
+    secure: options.secure,
+    // plain listener: offer STARTTLS when we have a certificate, but do not advertise
+    // LOGINDISABLED nor refuse LOGIN there: onion clients log in over loopback in clear
+    // text; onAuth refuses clear-text logins from anywhere else (PRIVACYREQUIRED).
+    ...(options.tls ? { key: options.tls.key, cert: options.tls.cert, ignoreSTARTTLS: true } : { disableSTARTTLS: true }),
+    id: { name: SERVER_NAME },
+    name: SERVER_NAME,
+    logger: coreLogger(log),
+    component: 'imap',
+    maxMessage: options.maxMessage ?? DEFAULT_MAX_MESSAGE,
+    enableCompression: true,
+    skipFetchLog: true,
+    closeTimeout: options.closeTimeout ?? 1000,
+    logoutMessages: ['LOGOUT completed'],
+  };
+
+  const server = new IMAPServer(coreOptions);
+  server.on('error', (err: Error & { code?: string }) => {
+    log.warn({ err: { message: err.message, code: err.code } }, 'imap: connection error');
+  });
+  replaceGreeting(server);
+
+  const notifier = new ImapNotifier(store, log);
+  server.notifier = notifier;
+
+  const ctx: HandlerContext = {
+    store,
+    notifier,
+    logger: log,
+    cache: options.cache ?? new StructureCache(),
+    quotaFor: options.quota,
+  };
+  Object.assign(
+    server,
+    createAuthHandler({ authenticate: options.authenticate, store, logger: log }),
+    createMailboxHandlers(ctx),
+    createMessageHandlers(ctx),
+    createFetchHandler(ctx),
+    createSearchHandler(ctx),
+  );
+
+  let listening = false;
+  return {
+    notifier,
+    listen(port, host) {
+      return new Promise((resolve, reject) => {
+        const onError = (err: Error): void => reject(err);
+        server.server.once('error', onError);
+        server.listen(port, host, () => {
+          server.server.off('error', onError);
+          listening = true;
+          resolve();
+        });
+      });
+    },
+    close() {
+      return new Promise((resolve) => {
+        notifier.close();
+        if (!listening) {
+          resolve();
+          return;
+        }
+        listening = false;
+        server.close(() => resolve());
+      });
+    },
+    address() {
+      const a = server.server.address();
+      return a && typeof a === 'object' ? a : null;
+    },
+    updateTls(tls) {
+      server.updateSecureContext({ key: tls.key, cert: tls.cert });
+    },
+    connectionCount() {
+      return server.connections.size;
+    },
+  };
+}
+
+/**
+ * imap-core's IMAPConnection.init() reverse-resolves the client address (dns.reverse)
+ * before it sends the greeting: a DNS query outside Tor, which our privacy rules forbid,
+ * and useless anyway since every onion client is 127.0.0.1. There is no option to turn it
+ * off, so this instance gets its own connect(): the same steps as IMAPServer.connect()
+ * (minus wildduck's metrics), and a greeting sent at once, without any lookup. The
+ * greeting also leaves out the client address and the machine's host name.
+ */
+function replaceGreeting(server: ImapCoreServer): void {
+  server.connect = (socket: Socket, socketOptions: ConnectionOptions): void => {
+    const connection: ImapConnection = new IMAPConnection(server, socket, socketOptions);
+    connection.loggelf = (message) => server.loggelf(message);
+    server.connections.add(connection);
+    connection.on('error', (err: Error) => server._onError(err));
+    greet(connection);
+  };
+}
+
+function greet(connection: ImapConnection): void {
+  connection._setListeners();
+  connection.clientHostname = `[${connection.remoteAddress}]`;
+  connection.session.clientHostname = connection.clientHostname;
+  connection.send(`* OK ${SERVER_NAME} ready`);
+}
+
+/** imap-core logs `logger.level({tnx, cid, ...}, fmt, ...args)`: pino takes the same form. */
+function coreLogger(log: Logger): ImapCoreLogger {
+  const wrap =
+    (level: 'trace' | 'debug' | 'info' | 'warn' | 'error' | 'fatal') =>
+    (obj: object, msg?: string, ...args: unknown[]): void => {
+      log[level](obj, msg, ...args);
+    };
+  return {
+    trace: wrap('trace'),
+    debug: wrap('debug'),
+    info: wrap('info'),
+    warn: wrap('warn'),
+    error: wrap('error'),
+    fatal: wrap('fatal'),
+  };
+}

@@ -1,0 +1,637 @@
+/**
+ * MailStore on Dovecot-compatible Maildir++ (see DESIGN.md "Mailbox store").
+ *
+ * Per user: `<root>/{cur,new,tmp}` is INBOX, `<root>/.A.B` is "A/B" (names in modified
+ * UTF-7), `<root>/subscriptions` lists subscribed names. Per folder: dovecot-uidlist,
+ * dovecot-keywords, and our onionpost-index.json cache (see folder.ts).
+ *
+ * Mailbox ids are `<mailbox GUID from dovecot-uidlist>@<user>`: stable across restarts and
+ * renames, so an id still resolves after a restart (the folders are scanned for the GUID).
+ */
+import { EventEmitter } from 'node:events';
+import { randomBytes } from 'node:crypto';
+import { mkdir, open, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { dirname, isAbsolute, join } from 'node:path';
+import { silentLogger, type Logger } from '../../log/logger.js';
+import {
+  DEFAULT_FOLDERS,
+  StoreError,
+  type AppendOptions,
+  type AppendResult,
+  type ChangeEntry,
+  type ChangeEvent,
+  type CopyResult,
+  type MailboxInfo,
+  type MailboxSnapshot,
+  type MailboxStatus,
+  type MailStore,
+  type MessageMeta,
+  type StoreFlagsOptions,
+  type StoreFlagsResult,
+} from '../types.js';
+import { DotlockTimeoutError, updateWithDotlock } from './dotlock.js';
+import { fsyncDir, replaceFile } from './durable-write.js';
+import { classifyFlags } from './flags.js';
+import { FOLDER_MARKER, FolderGoneError, MaildirFolder, UIDLIST_FILE, type FolderContext } from './folder.js';
+import { DEFAULT_JOURNAL_LIMIT } from './journal.js';
+import {
+  ancestorsOf,
+  dirNameToMailboxPath,
+  INBOX,
+  isDescendant,
+  mailboxPathToDirName,
+  MAX_DIR_NAME_BYTES,
+  normalizeMailboxPath,
+} from './mailbox-name.js';
+import { parseSubscriptions, serializeSubscriptions } from './subscriptions.js';
+import { guidFromHeaderLine, newMailboxGuid, serializeUidlist } from './uidlist.js';
+import { nextUidValidity } from './uidvalidity.js';
+
+export interface MaildirStoreOptions {
+  /** Absolute maildir root of a user. */
+  maildirFor: (user: string) => string;
+  logger?: Logger;
+  /** Dotlocks untouched for this long are broken (default 120 s, as Dovecot). */
+  lockStaleMs?: number;
+  /** How long writers wait for a dotlock before failing with INUSE (default stale + 5 s). */
+  lockTimeoutMs?: number;
+  /** How long readers wait before serving a partial rescan (default 2 s). */
+  readLockTimeoutMs?: number;
+  /** Journal entries kept in memory per folder (default 10,000). */
+  journalLimit?: number;
+}
+
+const SUBSCRIPTIONS_FILE = 'subscriptions';
+const DELETING_PREFIX = 'onionpost-deleting-';
+
+interface UserState {
+  name: string;
+  root: string;
+  folders: Map<string, MaildirFolder>;
+  /** Serialises create/rename/delete of this user's folders. */
+  tree: MutexLike;
+}
+
+interface MutexLike {
+  run<T>(fn: () => Promise<T>): Promise<T>;
+}
+
+class SimpleMutex implements MutexLike {
+  private tail: Promise<unknown> = Promise.resolve();
+  run<T>(fn: () => Promise<T>): Promise<T> {
+    const result = this.tail.then(fn, fn);
+    this.tail = result.catch(() => undefined);
+    return result;
+  }
+}
+
+function errno(err: unknown): string | undefined {
+  return (err as NodeJS.ErrnoException | undefined)?.code;
+}
+
+async function isDirectory(path: string): Promise<boolean> {
+  try {
+    return (await stat(path)).isDirectory();
+  } catch {
+    return false;
+  }
+}
+
+export class MaildirStore extends EventEmitter implements MailStore {
+  private readonly maildirFor: (user: string) => string;
+  private readonly logger: Logger;
+  private readonly lockStaleMs: number;
+  private readonly lockTimeoutMs: number;
+  private readonly readLockTimeoutMs: number;
+  private readonly journalLimit: number;
+  private readonly users = new Map<string, UserState>();
+  private readonly byId = new Map<string, MaildirFolder>();
+  private closed = false;
+
+  constructor(options: MaildirStoreOptions) {
+    super();
+    this.maildirFor = options.maildirFor;
+    this.logger = options.logger ?? silentLogger();
+    this.lockStaleMs = options.lockStaleMs ?? 120_000;
+    this.lockTimeoutMs = options.lockTimeoutMs ?? this.lockStaleMs + 5_000;
+    this.readLockTimeoutMs = options.readLockTimeoutMs ?? Math.min(2_000, this.lockTimeoutMs);
+    this.journalLimit = options.journalLimit ?? DEFAULT_JOURNAL_LIMIT;
+  }
+
+  // -------------------------------------------------------------------------------------
+  // Users and folders
+  // -------------------------------------------------------------------------------------
+
+  async ensureUser(user: string): Promise<void> {
+    const u = this.userState(user);
+    await this.guard(() => u.tree.run(async () => {
+      const made = await mkdir(u.root, { recursive: true, mode: 0o700 });
+      for (const sub of ['cur', 'new', 'tmp']) await mkdir(join(u.root, sub), { recursive: true, mode: 0o700 });
+      if (made !== undefined) await fsyncDir(dirname(u.root));
+      await this.cleanDeleted(u);
+      // INBOX: loading it creates its dovecot-uidlist if missing.
+      const inbox = await this.folder(u, INBOX);
+      if (inbox === null) throw new StoreError('CANNOT', 'cannot create INBOX');
+      await this.loadFolder(inbox);
+      const subscriptionsExisted = await isFile(join(u.root, SUBSCRIPTIONS_FILE));
+      const created: string[] = [];
+      for (const def of DEFAULT_FOLDERS) {
+        if (def.path === INBOX) continue;
+        if (await isDirectory(join(u.root, mailboxPathToDirName(def.path)))) continue;
+        await this.createFolderDir(u, def.path);
+        created.push(def.path);
+      }
+      const toSubscribe = subscriptionsExisted ? created : DEFAULT_FOLDERS.map((d) => d.path);
+      if (toSubscribe.length > 0) await this.updateSubscriptions(u, (set) => toSubscribe.forEach((p) => set.add(p)));
+      await fsyncDir(u.root);
+    }));
+  }
+
+  /**
+   * Rescans a mailbox for changes made by other software (new files, renames, removals)
+   * and journals/announces them. What a file-system watcher calls; `force` rescans even if
+   * the directories look unchanged.
+   */
+  async refresh(user: string, path: string, options: { force?: boolean } = {}): Promise<void> {
+    return this.guard(async () => {
+      const folder = await this.existingFolder(user, path);
+      if (folder === null) return;
+      try {
+        await this.loadFolder(folder);
+        if (options.force) await folder.rescan();
+      } catch (err) {
+        if (!(err instanceof FolderGoneError)) throw err;
+      }
+    });
+  }
+
+  async listMailboxes(user: string): Promise<MailboxInfo[]> {
+    return this.guard(async () => {
+      const u = this.userState(user);
+      let entries: string[];
+      try {
+        entries = await readdir(u.root);
+      } catch (err) {
+        if (errno(err) === 'ENOENT') return [];
+        throw err;
+      }
+      const subscribed = new Set(await this.readSubscriptions(u));
+      const paths: string[] = [INBOX];
+      const checks = entries.map(async (name) => {
+        const path = dirNameToMailboxPath(name);
+        if (path === null) return null;
+        return (await isDirectory(join(u.root, name))) ? path : null;
+      });
+      for (const path of await Promise.all(checks)) if (path !== null) paths.push(path);
+      paths.sort((a, b) => (a === INBOX ? -1 : b === INBOX ? 1 : a < b ? -1 : a > b ? 1 : 0));
+      return paths.map((path) => {
+        const info: MailboxInfo = { path, subscribed: subscribed.has(path) };
+        const specialUse = DEFAULT_FOLDERS.find((d) => d.path === path)?.specialUse;
+        if (specialUse !== undefined) info.specialUse = specialUse;
+        return info;
+      });
+    });
+  }
+
+  async createMailbox(user: string, path: string): Promise<void> {
+    return this.guard(async () => {
+      const u = this.userState(user);
+      const norm = normalizeMailboxPath(path);
+      if (norm === INBOX) throw new StoreError('ALREADYEXISTS', 'INBOX always exists');
+      await u.tree.run(async () => {
+        if (await isDirectory(join(u.root, mailboxPathToDirName(norm)))) {
+          throw new StoreError('ALREADYEXISTS', `Mailbox ${norm} already exists`);
+        }
+        for (const parent of ancestorsOf(norm)) {
+          if (parent === INBOX) continue;
+          if (!(await isDirectory(join(u.root, mailboxPathToDirName(parent))))) await this.createFolderDir(u, parent);
+        }
+        await this.createFolderDir(u, norm);
+      });
+    });
+  }
+
+  async renameMailbox(user: string, from: string, to: string): Promise<void> {
+    return this.guard(async () => {
+      const u = this.userState(user);
+      const src = normalizeMailboxPath(from);
+      const dst = normalizeMailboxPath(to);
+      if (src === INBOX) throw new StoreError('CANNOT', 'Renaming INBOX is not supported');
+      if (dst === INBOX || dst === src) throw new StoreError('ALREADYEXISTS', `Mailbox ${dst} already exists`);
+      if (isDescendant(src, dst)) throw new StoreError('CANNOT', 'Cannot move a mailbox into its own hierarchy');
+      await u.tree.run(async () => {
+        const srcDir = mailboxPathToDirName(src);
+        const dstDir = mailboxPathToDirName(dst);
+        if (!(await isDirectory(join(u.root, srcDir)))) throw new StoreError('NONEXISTENT', `Mailbox ${src} does not exist`);
+        const entries = await readdir(u.root);
+        const moves: Array<{ fromName: string; toName: string; fromPath: string; toPath: string }> = [];
+        moves.push({ fromName: srcDir, toName: dstDir, fromPath: src, toPath: dst });
+        for (const name of entries) {
+          if (!name.startsWith(srcDir + '.')) continue;
+          const childPath = dirNameToMailboxPath(name);
+          if (childPath === null || !isDescendant(src, childPath)) continue;
+          const toPath = dst + childPath.slice(src.length);
+          moves.push({ fromName: name, toName: dstDir + name.slice(srcDir.length), fromPath: childPath, toPath });
+        }
+        for (const m of moves) {
+          if (Buffer.byteLength(m.toName) > MAX_DIR_NAME_BYTES) throw new StoreError('CANNOT', 'Mailbox name is too long');
+          try {
+            await stat(join(u.root, m.toName));
+            throw new StoreError('ALREADYEXISTS', `Mailbox ${m.toPath} already exists`);
+          } catch (err) {
+            if (err instanceof StoreError) throw err;
+          }
+        }
+        for (const parent of ancestorsOf(dst)) {
+          if (parent === INBOX) continue;
+          if (!(await isDirectory(join(u.root, mailboxPathToDirName(parent))))) await this.createFolderDir(u, parent);
+        }
+        // Quiesce the loaded folders being moved.
+        const affected = moves
+          .map((m) => ({ m, folder: u.folders.get(m.fromPath) }))
+          .filter((x): x is { m: (typeof moves)[number]; folder: MaildirFolder } => x.folder !== undefined && !x.folder.gone);
+        const releases = await Promise.all(affected.map((x) => x.folder.mutex.acquire()));
+        try {
+          const done: typeof moves = [];
+          try {
+            for (const m of moves) {
+              await rename(join(u.root, m.fromName), join(u.root, m.toName));
+              done.push(m);
+            }
+          } catch (err) {
+            for (const m of done.reverse()) await rename(join(u.root, m.toName), join(u.root, m.fromName)).catch(() => undefined);
+            throw err;
+          }
+          await fsyncDir(u.root);
+          for (const { m, folder } of affected) {
+            u.folders.delete(m.fromPath);
+            folder.path = m.toPath;
+            folder.dir = join(u.root, m.toName);
+            u.folders.set(m.toPath, folder);
+          }
+        } finally {
+          for (const release of releases) release();
+        }
+        await this.updateSubscriptions(u, (set) => {
+          for (const p of [...set]) {
+            if (p === src || isDescendant(src, p)) {
+              set.delete(p);
+              set.add(dst + p.slice(src.length));
+            }
+          }
+        });
+      });
+    });
+  }
+
+  async deleteMailbox(user: string, path: string): Promise<void> {
+    return this.guard(async () => {
+      const u = this.userState(user);
+      const norm = normalizeMailboxPath(path);
+      if (norm === INBOX) throw new StoreError('CANNOT', 'INBOX cannot be deleted');
+      await u.tree.run(async () => {
+        const dir = join(u.root, mailboxPathToDirName(norm));
+        if (!(await isDirectory(dir))) throw new StoreError('NONEXISTENT', `Mailbox ${norm} does not exist`);
+        const folder = u.folders.get(norm);
+        const release = folder !== undefined ? await folder.mutex.acquire() : undefined;
+        const trash = join(u.root, DELETING_PREFIX + randomBytes(8).toString('hex'));
+        try {
+          // Atomic from any reader's point of view; the slow part happens out of sight.
+          await rename(dir, trash);
+          await fsyncDir(u.root);
+          if (folder !== undefined) {
+            folder.markGone();
+            this.forget(u, folder);
+          }
+        } finally {
+          release?.();
+        }
+        await rm(trash, { recursive: true, force: true });
+      });
+    });
+  }
+
+  async setSubscribed(user: string, path: string, subscribed: boolean): Promise<void> {
+    return this.guard(async () => {
+      const u = this.userState(user);
+      const norm = normalizeMailboxPath(path);
+      await this.updateSubscriptions(u, (set) => {
+        if (subscribed) set.add(norm);
+        else set.delete(norm);
+      });
+    });
+  }
+
+  // -------------------------------------------------------------------------------------
+  // Mailboxes
+  // -------------------------------------------------------------------------------------
+
+  async openMailbox(user: string, path: string): Promise<MailboxSnapshot | null> {
+    return this.guard(async () => {
+      const folder = await this.existingFolder(user, path);
+      if (folder === null) return null;
+      try {
+        await this.loadFolder(folder);
+        return await folder.snapshot();
+      } catch (err) {
+        if (err instanceof FolderGoneError) return null;
+        throw err;
+      }
+    });
+  }
+
+  async mailboxStatus(user: string, path: string): Promise<MailboxStatus | null> {
+    return this.guard(async () => {
+      const folder = await this.existingFolder(user, path);
+      if (folder === null) return null;
+      try {
+        await this.loadFolder(folder);
+        return await folder.status();
+      } catch (err) {
+        if (err instanceof FolderGoneError) return null;
+        throw err;
+      }
+    });
+  }
+
+  async append(user: string, path: string, raw: Buffer, options: AppendOptions = {}): Promise<AppendResult> {
+    return this.guard(async () => {
+      const flags = classifyFlags(options.flags ?? []);
+      normalizeMailboxPath(path);
+      const folder = await this.existingFolder(user, path);
+      if (folder === null) throw new StoreError('TRYCREATE', `Mailbox ${path} does not exist`);
+      try {
+        // A loaded folder needs no rescan first: the commit re-checks dovecot-uidlist under
+        // the lock. (Not queueing behind other commits here is what lets appends batch.)
+        if (!folder.loaded || folder.id === '') await this.loadFolder(folder);
+        const prepared = await folder.prepareAppend(raw, flags, options.internalDate);
+        const [uid] = await folder.commit([prepared], options.origin);
+        return { mailboxId: folder.id, uidValidity: folder.uidValidity, uid };
+      } catch (err) {
+        if (err instanceof FolderGoneError) throw new StoreError('TRYCREATE', `Mailbox ${path} does not exist`);
+        throw err;
+      }
+    });
+  }
+
+  async getMessages(mailboxId: string, uids: number[]): Promise<MessageMeta[]> {
+    return this.guard(async () => (await this.folderById(mailboxId)).getMessages(uids));
+  }
+
+  async readMessage(mailboxId: string, uid: number): Promise<Buffer | null> {
+    return this.guard(async () => (await this.folderById(mailboxId)).readMessage(uid));
+  }
+
+  async storeFlags(mailboxId: string, uids: number[], options: StoreFlagsOptions): Promise<StoreFlagsResult> {
+    return this.guard(async () => {
+      const folder = await this.folderById(mailboxId);
+      return folder.storeFlags(uids, options.action, options.flags, options.unchangedSince, options.origin);
+    });
+  }
+
+  async expunge(mailboxId: string, uids?: number[], origin?: string): Promise<number[]> {
+    return this.guard(async () => (await this.folderById(mailboxId)).removeMessages(uids, true, origin));
+  }
+
+  async copyMessages(mailboxId: string, uids: number[], targetPath: string, origin?: string): Promise<CopyResult> {
+    return this.guard(async () => this.copy(mailboxId, uids, targetPath, origin, false));
+  }
+
+  async moveMessages(mailboxId: string, uids: number[], targetPath: string, origin?: string): Promise<CopyResult> {
+    return this.guard(async () => this.copy(mailboxId, uids, targetPath, origin, true));
+  }
+
+  async changesSince(mailboxId: string, sinceModseq: number): Promise<ChangeEntry[]> {
+    return this.guard(async () => (await this.folderById(mailboxId)).changesSince(sinceModseq));
+  }
+
+  async usage(user: string): Promise<number> {
+    return this.guard(async () => {
+      let total = 0;
+      for (const info of await this.listMailboxes(user)) {
+        const status = await this.mailboxStatus(user, info.path);
+        if (status !== null) total += status.size;
+      }
+      return total;
+    });
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    // Let operations in flight finish.
+    for (const u of this.users.values()) {
+      await u.tree.run(async () => undefined);
+      for (const folder of u.folders.values()) await folder.mutex.run(async () => undefined);
+    }
+    this.users.clear();
+    this.byId.clear();
+  }
+
+  override on(event: 'change', listener: (event: ChangeEvent) => void): this {
+    return super.on(event, listener);
+  }
+
+  override emit(event: 'change', payload: ChangeEvent): boolean {
+    return super.emit(event, payload);
+  }
+
+  // -------------------------------------------------------------------------------------
+  // Internals
+  // -------------------------------------------------------------------------------------
+
+  private async copy(mailboxId: string, uids: number[], targetPath: string, origin: string | undefined, move: boolean): Promise<CopyResult> {
+    const source = await this.folderById(mailboxId);
+    normalizeMailboxPath(targetPath);
+    const target = await this.existingFolder(source.user, targetPath);
+    if (target === null) throw new StoreError('TRYCREATE', `Mailbox ${targetPath} does not exist`);
+    try {
+      await this.loadFolder(target);
+    } catch (err) {
+      if (err instanceof FolderGoneError) throw new StoreError('TRYCREATE', `Mailbox ${targetPath} does not exist`);
+      throw err;
+    }
+    const sources = await source.linkInto(target, uids);
+    if (sources.length === 0) return { uidValidity: target.uidValidity, sourceUids: [], destinationUids: [] };
+    let destinationUids: number[];
+    try {
+      destinationUids = await target.commit(sources.map((s) => s.file));
+    } catch (err) {
+      if (err instanceof FolderGoneError) throw new StoreError('TRYCREATE', `Mailbox ${targetPath} does not exist`);
+      throw err;
+    }
+    const sourceUids = sources.map((s) => s.uid);
+    if (move) await source.removeMessages(sourceUids, false, origin);
+    return { uidValidity: target.uidValidity, sourceUids, destinationUids };
+  }
+
+  /** Maps internal errors to StoreError codes; refuses calls after close(). */
+  private async guard<T>(fn: () => Promise<T>): Promise<T> {
+    if (this.closed) throw new StoreError('CANNOT', 'The mail store is closed');
+    try {
+      return await fn();
+    } catch (err) {
+      if (err instanceof FolderGoneError) throw new StoreError('NONEXISTENT', err.message);
+      if (err instanceof DotlockTimeoutError) throw new StoreError('INUSE', 'Mailbox is locked by another process, try again later');
+      throw err;
+    }
+  }
+
+  private userState(user: string): UserState {
+    let u = this.users.get(user);
+    if (u === undefined) {
+      const root = this.maildirFor(user);
+      if (!isAbsolute(root)) throw new Error(`maildirFor(${user}) must return an absolute path`);
+      u = { name: user, root, folders: new Map(), tree: new SimpleMutex() };
+      this.users.set(user, u);
+    }
+    return u;
+  }
+
+  /** The folder object for a path, or null when its directory does not exist. */
+  private async folder(u: UserState, path: string): Promise<MaildirFolder | null> {
+    let norm: string;
+    try {
+      norm = normalizeMailboxPath(path);
+    } catch {
+      return null;
+    }
+    const known = u.folders.get(norm);
+    if (known !== undefined && !known.gone) return known;
+    if (known !== undefined) this.forget(u, known);
+    const dir = norm === INBOX ? u.root : join(u.root, mailboxPathToDirName(norm));
+    if (!(await isDirectory(dir))) return null;
+    const again = u.folders.get(norm);
+    if (again !== undefined && !again.gone) return again;
+    const folder = new MaildirFolder(u.name, norm, dir, this.folderContext(u));
+    u.folders.set(norm, folder);
+    return folder;
+  }
+
+  private async existingFolder(user: string, path: string): Promise<MaildirFolder | null> {
+    return this.folder(this.userState(user), path);
+  }
+
+  private folderContext(u: UserState): FolderContext {
+    return {
+      logger: this.logger,
+      lockStaleMs: this.lockStaleMs,
+      lockTimeoutMs: this.lockTimeoutMs,
+      readLockTimeoutMs: this.readLockTimeoutMs,
+      journalLimit: this.journalLimit,
+      root: u.root,
+      onChange: (folder) => {
+        if (folder.gone || folder.id === '') return;
+        this.emit('change', { user: folder.user, mailboxId: folder.id, path: folder.path });
+      },
+    };
+  }
+
+  /** Loads a folder and registers its id (giving it a new GUID if another folder has it). */
+  private async loadFolder(folder: MaildirFolder): Promise<void> {
+    await folder.load();
+    const other = this.byId.get(folder.id);
+    if (other === folder) return;
+    if (other !== undefined && !other.gone && other.dir !== folder.dir) {
+      this.logger.warn({ mailbox: folder.path, other: other.path }, 'two folders share one mailbox GUID; giving one a new GUID');
+      await folder.regenerateGuid();
+    }
+    this.byId.set(folder.id, folder);
+  }
+
+  private forget(u: UserState, folder: MaildirFolder): void {
+    if (u.folders.get(folder.path) === folder) u.folders.delete(folder.path);
+    if (this.byId.get(folder.id) === folder) this.byId.delete(folder.id);
+  }
+
+  /** Resolves a mailbox id, scanning the user's folders for its GUID if needed. */
+  private async folderById(id: string): Promise<MaildirFolder> {
+    const known = this.byId.get(id);
+    if (known !== undefined && !known.gone) return known;
+    const m = /^([0-9a-f]{32})@(.*)$/s.exec(id);
+    if (m === null) throw new StoreError('NONEXISTENT', 'Unknown mailbox');
+    const [, guid, user] = m;
+    const u = this.userState(user);
+    for (const info of await this.listMailboxes(user)) {
+      const dir = info.path === INBOX ? u.root : join(u.root, mailboxPathToDirName(info.path));
+      if ((await readHeaderGuid(join(dir, UIDLIST_FILE))) !== guid) continue;
+      const folder = await this.folder(u, info.path);
+      if (folder === null) break;
+      await this.loadFolder(folder);
+      if (folder.id === id) return folder;
+    }
+    throw new StoreError('NONEXISTENT', 'Unknown mailbox');
+  }
+
+  /** Creates `<root>/.Name` with cur/new/tmp, maildirfolder and a fresh dovecot-uidlist. */
+  private async createFolderDir(u: UserState, path: string): Promise<void> {
+    const dir = join(u.root, mailboxPathToDirName(path));
+    try {
+      await mkdir(dir, { mode: 0o700 });
+    } catch (err) {
+      if (errno(err) === 'EEXIST') throw new StoreError('ALREADYEXISTS', `Mailbox ${path} already exists`);
+      if (errno(err) === 'ENOENT') throw new StoreError('NONEXISTENT', 'The user has no mail storage yet');
+      throw err;
+    }
+    for (const sub of ['cur', 'new', 'tmp']) await mkdir(join(dir, sub), { mode: 0o700 });
+    await writeFile(join(dir, FOLDER_MARKER), '', { mode: 0o600 });
+    await fsyncDir(dir);
+    const uidlist = serializeUidlist({ uidValidity: await nextUidValidity(u.root), nextUid: 1, guid: newMailboxGuid(), headerExt: [], records: [] });
+    await replaceFile(join(dir, UIDLIST_FILE), uidlist);
+    await fsyncDir(u.root);
+  }
+
+  private async readSubscriptions(u: UserState): Promise<string[]> {
+    try {
+      return parseSubscriptions(await readFile(join(u.root, SUBSCRIPTIONS_FILE), 'utf8'));
+    } catch (err) {
+      if (errno(err) === 'ENOENT') return [];
+      throw err;
+    }
+  }
+
+  private async updateSubscriptions(u: UserState, change: (set: Set<string>) => void): Promise<void> {
+    await updateWithDotlock(
+      join(u.root, SUBSCRIPTIONS_FILE),
+      (current) => {
+        const before = current === null ? [] : parseSubscriptions(current);
+        const set = new Set(before);
+        change(set);
+        const next = serializeSubscriptions(set);
+        return next === current ? null : next;
+      },
+      { staleMs: 30_000, timeoutMs: this.lockTimeoutMs },
+    );
+  }
+
+  /** Removes leftovers of deletions interrupted by a crash. */
+  private async cleanDeleted(u: UserState): Promise<void> {
+    for (const name of await readdir(u.root)) {
+      if (name.startsWith(DELETING_PREFIX)) await rm(join(u.root, name), { recursive: true, force: true });
+    }
+  }
+}
+
+async function isFile(path: string): Promise<boolean> {
+  try {
+    return (await stat(path)).isFile();
+  } catch {
+    return false;
+  }
+}
+
+async function readHeaderGuid(path: string): Promise<string | null> {
+  let handle;
+  try {
+    handle = await open(path, 'r');
+  } catch {
+    return null;
+  }
+  try {
+    const buf = Buffer.alloc(512);
+    const { bytesRead } = await handle.read(buf, 0, buf.length, 0);
+    return guidFromHeaderLine(buf.subarray(0, bytesRead).toString('utf8'));
+  } finally {
+    await handle.close();
+  }
+}

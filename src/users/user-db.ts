@@ -1,0 +1,549 @@
+/**
+ * The user database: a Dovecot passwd-file (see passwd-file.ts).
+ *
+ * Readers (the daemon) keep the parsed file in memory and notice changes made by other
+ * processes (the `onionpost user` CLI, an editor) with a cheap stat at most every
+ * `checkIntervalMs` (default 1 s): a changed inode, size, mtime or ctime means reload.
+ * `reload()` forces a re-read (SIGHUP). A missing file means "no users"; a malformed line is
+ * reported as file:line and skipped; a read error keeps the last good state.
+ *
+ * Writers (add / setPassword / remove) take `<file>.lock` (O_EXCL, holding our pid), re-read
+ * the file from disk, change it, write `.<name>.tmp-*` in the same directory (mode 0600,
+ * fsync), rename it over the file and fsync the directory. Readers therefore only ever see a
+ * whole old file or a whole new one, and two writers never lose each other's changes.
+ */
+import { closeSync, fstatSync, openSync, readFileSync, statSync, type Stats } from 'node:fs';
+import * as fsp from 'node:fs/promises';
+import { randomBytes } from 'node:crypto';
+import path from 'node:path';
+import type { Logger } from '../log/logger.js';
+import { checkPassword, describeScheme, hashPassword, MAX_PASSWORD_BYTES } from './password-hash.js';
+import {
+  appendLine,
+  entryOf,
+  newEntryLine,
+  parseExtraFields,
+  parsePasswd,
+  serializePasswd,
+  setEntryPassword,
+  validateUserName,
+  type PasswdDocument,
+  type PasswdEntryLine,
+} from './passwd-file.js';
+
+export interface User {
+  /** The name as in the file, lower-cased: `alice`, or `alice@example.onion` in Dovecot files. */
+  name: string;
+  /** The part before '@' (the whole name when there is no '@'). */
+  localPart: string;
+  /** The part after '@', or null for a bare name (valid in every local domain). */
+  domain: string | null;
+  /** uid, gid and home fields as written ('' when empty). */
+  uid: string;
+  gid: string;
+  home: string;
+  /** extra_fields as key/value pairs. */
+  extraFields: Record<string, string>;
+  /** The password scheme (e.g. 'ARGON2ID'), for display. Never the hash itself. */
+  scheme: string;
+}
+
+export interface UserDbOptions {
+  logger?: Logger;
+  /** Domains whose addresses name our users (`alice@<domain>` logs in as `alice`). Lower case. */
+  localDomains?: string[];
+  /** Least time between two freshness checks (stat) of the file, ms. Default 1000. */
+  checkIntervalMs?: number;
+  /** How long a writer waits for the lock file before giving up, ms. Default 10000. */
+  lockTimeoutMs?: number;
+  /**
+   * Password checks running at once; more wait their turn. Default 2. An argon2id check
+   * takes ~180 ms and 64 MiB on libuv's thread pool (4 threads by default), which the
+   * file-system calls of the mail store share: a login flood must not starve them.
+   */
+  maxConcurrentVerifications?: number;
+}
+
+export type UserDbErrorCode = 'exists' | 'unknown-user' | 'invalid-name' | 'invalid-password' | 'locked' | 'io';
+
+/** An error of a user-db write; `code` says which kind (the CLI maps it to an exit code). */
+export class UserDbError extends Error {
+  constructor(
+    readonly code: UserDbErrorCode,
+    message: string,
+  ) {
+    super(message);
+    this.name = 'UserDbError';
+  }
+}
+
+interface Entry {
+  user: User;
+  password: string;
+}
+
+interface Snapshot {
+  byName: Map<string, Entry>;
+  order: Entry[];
+}
+
+const EMPTY: Snapshot = { byName: new Map(), order: [] };
+
+/** A stale lock: its holder is gone (and it is older than this), or it is just very old. */
+const LOCK_DEAD_HOLDER_MS = 1000;
+const LOCK_MAX_AGE_MS = 30_000;
+
+let dummyHash: Promise<string> | null = null;
+/** A hash of a random password, with our default scheme: unknown users cost the same work. */
+function getDummyHash(): Promise<string> {
+  dummyHash ??= hashPassword(randomBytes(18).toString('base64')).catch((err: unknown) => {
+    dummyHash = null; // try again next time
+    throw err;
+  });
+  return dummyHash;
+}
+
+function signature(st: Stats): string {
+  return `${st.dev}:${st.ino}:${st.size}:${st.mtimeMs}:${st.ctimeMs}`;
+}
+
+function isLogger(x: Logger | UserDbOptions): x is Logger {
+  return typeof (x as Logger).warn === 'function' && typeof (x as Logger).child === 'function';
+}
+
+function isErrno(err: unknown, code: string): boolean {
+  return typeof err === 'object' && err !== null && (err as NodeJS.ErrnoException).code === code;
+}
+
+export class UserDb {
+  readonly file: string;
+  private readonly logger: Logger | undefined;
+  private readonly localDomains: string[];
+  private readonly checkIntervalMs: number;
+  private readonly lockTimeoutMs: number;
+  private readonly maxVerifications: number;
+  private verifying = 0;
+  private readonly verifyQueue: Array<() => void> = [];
+
+  private snap: Snapshot = EMPTY;
+  /** Signature of the file we loaded; 'missing' when it did not exist; null before loading. */
+  private sig: string | null = null;
+  private lastCheck = 0;
+  private lastProblems: string[] = [];
+  /** Serializes this instance's own writes (the lock file serializes processes). */
+  private writeChain: Promise<unknown> = Promise.resolve();
+
+  /**
+   * `new UserDb(file)`, `new UserDb(file, logger, options)` or
+   * `new UserDb(file, { logger, localDomains, ... })`.
+   */
+  constructor(file: string, loggerOrOptions?: Logger | UserDbOptions, options: UserDbOptions = {}) {
+    if (loggerOrOptions !== undefined && !isLogger(loggerOrOptions)) {
+      options = { ...loggerOrOptions, ...options };
+      loggerOrOptions = loggerOrOptions.logger;
+    }
+    this.file = path.resolve(file);
+    this.logger = loggerOrOptions ?? options.logger;
+    this.localDomains = (options.localDomains ?? []).map((d) => d.toLowerCase());
+    this.checkIntervalMs = options.checkIntervalMs ?? 1000;
+    this.lockTimeoutMs = options.lockTimeoutMs ?? 10_000;
+    this.maxVerifications = Math.max(1, options.maxConcurrentVerifications ?? 2);
+  }
+
+  /** Problems found the last time the file was read ("file:line: message"). */
+  get problems(): readonly string[] {
+    this.refresh();
+    return this.lastProblems;
+  }
+
+  /**
+   * The user called `name`: `alice`, `Alice`, or `alice@<local domain>` all find the
+   * entry `alice`, and `alice` finds `alice@<local domain>` when only that is in the file.
+   */
+  get(name: string): User | undefined {
+    this.refresh();
+    return this.find(this.snap, name)?.user;
+  }
+
+  /** All users, in file order. */
+  list(): User[] {
+    this.refresh();
+    return this.snap.order.map((e) => e.user);
+  }
+
+  /**
+   * Checks a login. Accepts `alice` or `alice@<local domain>`. Unknown users, unusable
+   * hashes and over-long input cost one verification of a dummy hash all the same, so the
+   * time taken does not tell which users exist.
+   */
+  async authenticate(username: string, password: string | Buffer): Promise<User | null> {
+    await this.verifySlot();
+    try {
+      return await this.authenticateNow(username, password);
+    } finally {
+      const next = this.verifyQueue.shift();
+      if (next) next(); // hand the slot over
+      else this.verifying--;
+    }
+  }
+
+  private async verifySlot(): Promise<void> {
+    if (this.verifying < this.maxVerifications) {
+      this.verifying++;
+      return;
+    }
+    await new Promise<void>((resolve) => this.verifyQueue.push(resolve));
+  }
+
+  private async authenticateNow(username: string, password: string | Buffer): Promise<User | null> {
+    this.refresh();
+    const pwBytes = typeof password === 'string' ? Buffer.byteLength(password) : password.length;
+    const entry = username.length <= 320 && pwBytes <= MAX_PASSWORD_BYTES ? this.find(this.snap, username) : undefined;
+    if (!entry) {
+      await this.dummyVerify(password);
+      return null;
+    }
+    const r = await checkPassword(entry.password, password);
+    if (r.reason) {
+      this.logger?.warn({ user: entry.user.name, reason: r.reason }, 'password of user cannot be checked');
+      await this.dummyVerify(password);
+      return null;
+    }
+    return r.ok ? entry.user : null;
+  }
+
+  /** Re-reads the file now (SIGHUP). */
+  reload(): void {
+    this.lastCheck = Date.now();
+    this.load();
+  }
+
+  /** Adds a user (a bare name) with a new {ARGON2ID} hash. */
+  async add(name: string, password: string): Promise<User> {
+    const err = validateUserName(name);
+    if (err) throw new UserDbError('invalid-name', err);
+    const hash = await this.hashNew(password); // before taking the lock: it is the slow part
+    let added: User | undefined;
+    await this.modify((doc, snap) => {
+      const existing = this.find(snap, name);
+      if (existing) throw new UserDbError('exists', `user "${existing.user.name}" already exists`);
+      appendLine(doc, newEntryLine(name, hash));
+    }, (snap) => {
+      added = snap.byName.get(name)?.user;
+    });
+    return added!;
+  }
+
+  /** Replaces a user's password (with a new {ARGON2ID} hash); other fields stay. */
+  async setPassword(name: string, password: string): Promise<User> {
+    const hash = await this.hashNew(password);
+    let key = '';
+    let changed: User | undefined;
+    await this.modify((doc, snap) => {
+      const entry = this.find(snap, name);
+      if (!entry) throw new UserDbError('unknown-user', `no user "${name}" in ${this.file}`);
+      key = entry.user.name;
+      setEntryPassword(findLine(doc, key)!, hash);
+    }, (snap) => {
+      changed = snap.byName.get(key)?.user;
+    });
+    return changed!;
+  }
+
+  /** Removes a user's line. Their mail is not touched. */
+  async remove(name: string): Promise<User> {
+    let removed: User | undefined;
+    await this.modify((doc, snap) => {
+      const entry = this.find(snap, name);
+      if (!entry) throw new UserDbError('unknown-user', `no user "${name}" in ${this.file}`);
+      removed = entry.user;
+      const line = findLine(doc, entry.user.name)!;
+      doc.lines.splice(doc.lines.indexOf(line), 1);
+    });
+    return removed!;
+  }
+
+  // -------------------------------------------------------------------------------------
+
+  private async hashNew(password: string): Promise<string> {
+    if (password.length === 0) throw new UserDbError('invalid-password', 'the password is empty');
+    if (Buffer.byteLength(password) > MAX_PASSWORD_BYTES) {
+      throw new UserDbError('invalid-password', `the password is longer than ${MAX_PASSWORD_BYTES} bytes`);
+    }
+    if (/[\r\n\0]/.test(password)) {
+      throw new UserDbError('invalid-password', 'the password contains a line break or NUL character');
+    }
+    return hashPassword(password);
+  }
+
+  private async dummyVerify(password: string | Buffer): Promise<void> {
+    const pw = typeof password === 'string' ? password.slice(0, MAX_PASSWORD_BYTES) : password.subarray(0, MAX_PASSWORD_BYTES);
+    await checkPassword(await getDummyHash(), pw);
+  }
+
+  private find(snap: Snapshot, name: string): Entry | undefined {
+    const n = name.toLowerCase();
+    const exact = snap.byName.get(n);
+    if (exact) return exact;
+    const at = n.lastIndexOf('@');
+    if (at === -1) {
+      for (const d of this.localDomains) {
+        const e = snap.byName.get(`${n}@${d}`);
+        if (e) return e;
+      }
+      return undefined;
+    }
+    const domain = n.slice(at + 1).replace(/\.$/, '');
+    if (!this.localDomains.includes(domain)) return undefined;
+    const local = n.slice(0, at);
+    return snap.byName.get(local) ?? snap.byName.get(`${local}@${domain}`);
+  }
+
+  /** Stat at most every checkIntervalMs; reload when the file changed. */
+  private refresh(): void {
+    const now = Date.now();
+    if (this.sig !== null && now - this.lastCheck < this.checkIntervalMs) return;
+    this.lastCheck = now;
+    let sig: string;
+    try {
+      sig = signature(statSync(this.file));
+    } catch (err) {
+      if (isErrno(err, 'ENOENT')) sig = 'missing';
+      else {
+        this.logger?.error({ file: this.file, err: (err as Error).message }, 'cannot stat the users file');
+        if (this.sig === null) this.sig = 'error';
+        return;
+      }
+    }
+    if (sig !== this.sig) this.load();
+  }
+
+  /** Reads and parses the file (synchronously: it is small, and only read when it changed). */
+  private load(): void {
+    let fd: number;
+    try {
+      fd = openSync(this.file, 'r');
+    } catch (err) {
+      if (isErrno(err, 'ENOENT')) {
+        if (this.sig !== 'missing' && this.sig !== null) this.logger?.warn({ file: this.file }, 'users file is gone: no users');
+        this.install(EMPTY, [], 'missing');
+        return;
+      }
+      this.logger?.error({ file: this.file, err: (err as Error).message }, 'cannot read the users file; keeping the previous users');
+      if (this.sig === null) this.sig = 'error';
+      return;
+    }
+    try {
+      const st = fstatSync(fd);
+      const text = readFileSync(fd, 'utf8');
+      const { snap, problems } = this.build(text);
+      this.install(snap, problems, signature(st));
+      this.logger?.debug({ file: this.file, users: snap.order.length }, 'users loaded');
+    } catch (err) {
+      this.logger?.error({ file: this.file, err: (err as Error).message }, 'cannot read the users file; keeping the previous users');
+      if (this.sig === null) this.sig = 'error';
+    } finally {
+      closeSync(fd);
+    }
+  }
+
+  /** Makes a parsed file current; its problems are logged when they differ from the last ones. */
+  private install(snap: Snapshot, problems: string[], sig: string): void {
+    if (problems.join('\n') !== this.lastProblems.join('\n')) {
+      for (const p of problems) this.logger?.warn({ file: this.file }, p);
+    }
+    this.snap = snap;
+    this.lastProblems = problems;
+    this.sig = sig;
+  }
+
+  private build(text: string): { doc: PasswdDocument; snap: Snapshot; problems: string[] } {
+    const { doc, problems } = parsePasswd(text);
+    const snap: Snapshot = { byName: new Map(), order: [] };
+    for (const line of doc.lines) {
+      if (line.kind !== 'entry') continue;
+      const e = entryOf(line);
+      const name = line.key;
+      const at = name.indexOf('@');
+      const entry: Entry = {
+        password: e.password,
+        user: {
+          name,
+          localPart: at === -1 ? name : name.slice(0, at),
+          domain: at === -1 ? null : name.slice(at + 1),
+          uid: e.uid,
+          gid: e.gid,
+          home: e.home,
+          extraFields: parseExtraFields(e.extraFields),
+          scheme: describeScheme(e.password).scheme,
+        },
+      };
+      snap.byName.set(name, entry);
+      snap.order.push(entry);
+    }
+    return { doc, snap, problems: problems.map((p) => `${this.file}:${p.line}: ${p.message}`) };
+  }
+
+  /**
+   * Read-modify-write under the lock. `change` edits the freshly read document (it may
+   * throw a UserDbError to abort); `after` sees the snapshot that was written.
+   */
+  private modify(
+    change: (doc: PasswdDocument, snap: Snapshot) => void,
+    after?: (snap: Snapshot) => void,
+  ): Promise<void> {
+    const run = async () => {
+      const release = await this.lock();
+      try {
+        let text = '';
+        let owner: { uid: number; gid: number } | null = null;
+        try {
+          text = await fsp.readFile(this.file, 'utf8');
+          const st = await fsp.stat(this.file);
+          owner = { uid: st.uid, gid: st.gid };
+        } catch (err) {
+          if (!isErrno(err, 'ENOENT')) throw ioError(`cannot read ${this.file}`, err);
+        }
+        const { doc, snap } = this.build(text);
+        change(doc, snap);
+        const out = serializePasswd(doc);
+        // A symlinked users file stays a symlink: we replace what it points to.
+        const target = await fsp.realpath(this.file).catch(() => this.file);
+        const sig = await this.writeAtomic(target, out, owner);
+        const rebuilt = this.build(out);
+        this.install(rebuilt.snap, rebuilt.problems, sig);
+        this.lastCheck = Date.now();
+        after?.(rebuilt.snap);
+      } finally {
+        await release();
+      }
+    };
+    const p = this.writeChain.then(run, run);
+    this.writeChain = p.catch(() => undefined);
+    return p;
+  }
+
+  /** Temp file (0600, fsync) + rename + directory fsync. Returns the new file's signature. */
+  private async writeAtomic(target: string, text: string, owner: { uid: number; gid: number } | null): Promise<string> {
+    const dir = path.dirname(target);
+    const tmp = path.join(dir, `.${path.basename(target)}.tmp-${process.pid}-${randomBytes(6).toString('hex')}`);
+    let fh: fsp.FileHandle | undefined;
+    try {
+      fh = await fsp.open(tmp, 'wx', 0o600);
+      await fh.writeFile(text, 'utf8');
+      await fh.chmod(0o600);
+      if (process.getuid?.() === 0) {
+        // Root (the CLI run with sudo) keeps the file readable by the daemon's user: the
+        // owner of the old file, or of the directory for a new file.
+        const o = owner ?? (await fsp.stat(dir));
+        await fh.chown(o.uid, o.gid);
+      }
+      await fh.sync();
+      await fh.close();
+      fh = undefined;
+      await fsp.rename(tmp, target);
+    } catch (err) {
+      await fh?.close().catch(() => undefined);
+      await fsp.unlink(tmp).catch(() => undefined);
+      throw ioError(`cannot write ${target}`, err);
+    }
+    await fsyncDir(dir);
+    return signature(await fsp.stat(this.file));
+  }
+
+  /** Takes `<file>.lock`; returns its release function. */
+  private async lock(): Promise<() => Promise<void>> {
+    const lockPath = `${this.file}.lock`;
+    const dir = path.dirname(this.file);
+    try {
+      await fsp.mkdir(dir, { recursive: true, mode: 0o700 });
+    } catch (err) {
+      throw ioError(`cannot create ${dir}`, err);
+    }
+    const deadline = Date.now() + this.lockTimeoutMs;
+    let delay = 5;
+    for (;;) {
+      try {
+        const fh = await fsp.open(lockPath, 'wx', 0o600);
+        try {
+          await fh.writeFile(`${process.pid}\n`);
+        } finally {
+          await fh.close();
+        }
+        return async () => {
+          await fsp.unlink(lockPath).catch(() => undefined);
+        };
+      } catch (err) {
+        if (!isErrno(err, 'EEXIST')) throw ioError(`cannot create the lock file ${lockPath}`, err);
+      }
+      if (await removeIfStale(lockPath)) continue;
+      if (Date.now() >= deadline) {
+        const holder = (await fsp.readFile(lockPath, 'utf8').catch(() => '')).trim();
+        throw new UserDbError(
+          'locked',
+          `${lockPath} is held${holder ? ` by process ${holder}` : ''}; try again, or remove the file if no onionpost command is running`,
+        );
+      }
+      await new Promise((r) => setTimeout(r, delay + Math.random() * delay));
+      delay = Math.min(delay * 2, 100);
+    }
+  }
+}
+
+function findLine(doc: PasswdDocument, key: string): PasswdEntryLine | undefined {
+  return doc.lines.find((l): l is PasswdEntryLine => l.kind === 'entry' && l.key === key);
+}
+
+function ioError(what: string, err: unknown): UserDbError {
+  if (err instanceof UserDbError) return err;
+  const e = err as NodeJS.ErrnoException;
+  return new UserDbError('io', `${what}: ${e.code ?? ''}${e.code ? ' ' : ''}${e.message ?? String(err)}`);
+}
+
+async function fsyncDir(dir: string): Promise<void> {
+  let fh: fsp.FileHandle | undefined;
+  try {
+    fh = await fsp.open(dir, 'r');
+    await fh.sync();
+  } catch {
+    // Some file systems refuse fsync on directories; the rename itself has happened.
+  } finally {
+    await fh?.close().catch(() => undefined);
+  }
+}
+
+/**
+ * Removes a lock whose holder died (pid gone, lock older than a second) or that is older
+ * than 30 s (writers hold it for milliseconds). The inode is checked again right before
+ * the unlink, so a lock that was just re-created by someone else is left alone (a narrow
+ * window remains between that check and the unlink).
+ */
+async function removeIfStale(lockPath: string): Promise<boolean> {
+  let st: Stats;
+  let content: string;
+  try {
+    st = await fsp.stat(lockPath);
+    content = await fsp.readFile(lockPath, 'utf8');
+  } catch (err) {
+    return isErrno(err, 'ENOENT'); // released meanwhile: try again at once
+  }
+  const age = Date.now() - st.mtimeMs;
+  const pid = Number.parseInt(content.trim(), 10);
+  let dead = false;
+  if (Number.isInteger(pid) && pid > 0 && pid !== process.pid) {
+    try {
+      process.kill(pid, 0);
+    } catch (err) {
+      dead = isErrno(err, 'ESRCH');
+    }
+  }
+  if (!((dead && age > LOCK_DEAD_HOLDER_MS) || age > LOCK_MAX_AGE_MS)) return false;
+  try {
+    const again = await fsp.stat(lockPath);
+    if (again.ino !== st.ino || again.mtimeMs !== st.mtimeMs) return false;
+    await fsp.unlink(lockPath);
+    return true;
+  } catch (err) {
+    return isErrno(err, 'ENOENT');
+  }
+}

@@ -1,0 +1,72 @@
+/** Starts the real `onionpost start` in a child process with a config in a temp dir. */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { BIN, ROOT } from './cli.js';
+import { freePort } from './ports.js';
+
+export interface Daemon {
+  dir: string;
+  configFile: string;
+  ports: { smtp: number; imap: number; imaps: number };
+  child: ChildProcess;
+  stdout: () => string;
+  stderr: () => string;
+  /** Sends SIGTERM and resolves with the exit code. */
+  stop(): Promise<number | null>;
+  /** Stops (if running) and removes the temp dir. */
+  cleanup(): Promise<void>;
+}
+
+export async function startDaemon(extraToml = ''): Promise<Daemon> {
+  const dir = await mkdtemp(path.join(os.tmpdir(), 'onionpost-daemon-'));
+  const ports = { smtp: await freePort(), imap: await freePort(), imaps: await freePort() };
+  const configFile = path.join(dir, 'onionpost.toml');
+  await writeFile(
+    configFile,
+    `data_dir = "data"\ndomain = "localhost"\n${extraToml}\n` +
+      `[smtp]\nport = ${ports.smtp}\n[imap]\nport = ${ports.imap}\ntls_port = ${ports.imaps}\n[log]\nlevel = "warn"\n`,
+  );
+  const child = spawn(process.execPath, [BIN, '--config', configFile, 'start'], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  let err = '';
+  child.stdout!.setEncoding('utf8').on('data', (d: string) => (out += d));
+  child.stderr!.setEncoding('utf8').on('data', (d: string) => (err += d));
+  const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
+  await new Promise<void>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`daemon did not start in 20 s\nstdout: ${out}\nstderr: ${err}`)), 20_000);
+    const check = (): void => {
+      if (out.includes('onionpost is running')) {
+        clearTimeout(timer);
+        resolve();
+      }
+    };
+    child.stdout!.on('data', check);
+    void exited.then((code) => {
+      clearTimeout(timer);
+      reject(new Error(`daemon exited with ${code} before it was ready\nstdout: ${out}\nstderr: ${err}`));
+    });
+  });
+  let stopped: Promise<number | null> | null = null;
+  const stop = (): Promise<number | null> => {
+    if (!stopped) {
+      if (child.exitCode === null && child.signalCode === null) child.kill('SIGTERM');
+      stopped = exited;
+    }
+    return stopped;
+  };
+  return {
+    dir,
+    configFile,
+    ports,
+    child,
+    stdout: () => out,
+    stderr: () => err,
+    stop,
+    cleanup: async () => {
+      await stop();
+      await rm(dir, { recursive: true, force: true });
+    },
+  };
+}
