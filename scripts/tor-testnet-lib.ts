@@ -197,10 +197,21 @@ export async function stopTorNetwork(dir: string): Promise<number[]> {
   return [...new Set([...pids, ...again])];
 }
 
-/** Keeps DIR/onion/hs (onion keys) and removes the rest of a previous run. */
+const MARKER = '.tor-testnet';
+
+/**
+ * Keeps DIR/onion/hs (onion keys) and removes the rest of a previous run. Refuses a non-empty
+ * directory that this script did not create (it would wipe it).
+ */
 async function resetDir(dir: string): Promise<void> {
   await mkdir(dir, { recursive: true, mode: 0o700 });
-  for (const entry of readdirSync(dir)) {
+  const entries = readdirSync(dir);
+  if (entries.length > 0 && !entries.includes(MARKER)) {
+    throw new Error(`tor-testnet: ${dir} is not empty and was not made by tor-testnet; give an empty or new directory`);
+  }
+  await writeFile(path.join(dir, MARKER), 'a private Tor test network (scripts/tor-testnet); safe to delete when stopped\n');
+  for (const entry of entries) {
+    if (entry === MARKER) continue;
     if (entry === 'onion') continue;
     await rm(path.join(dir, entry), { recursive: true, force: true });
   }
@@ -236,8 +247,25 @@ interface Ports {
   control: number;
 }
 
-/** Starts the network and resolves once every onion answers through the client's SocksPort. */
+/** Thrown when a tor could not bind a port that was free a moment before (another process took it). */
+class PortTakenError extends Error {}
+
+/**
+ * Starts the network and resolves once every onion answers through the client's SocksPort.
+ * On failure every tor started is stopped and the error carries the tails of their logs.
+ */
 export async function startTorNetwork(options: TorNetworkOptions): Promise<TorNetwork> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await startOnce(options);
+    } catch (err) {
+      if (!(err instanceof PortTakenError) || attempt >= 3) throw err;
+      options.log?.(`tor-testnet: a port was taken meanwhile; starting again with new ports`);
+    }
+  }
+}
+
+async function startOnce(options: TorNetworkOptions): Promise<TorNetwork> {
   const t0 = Date.now();
   const dir = path.resolve(options.dir);
   const log = options.log ?? (() => {});
@@ -505,7 +533,10 @@ export async function startTorNetwork(options: TorNetworkOptions): Promise<TorNe
       .join('\n');
     await stopAll();
     const message = err instanceof Error ? err.message : String(err);
-    throw new Error(`tor-testnet: the network did not come up after ${Date.now() - t0} ms: ${message}\n${logs}`, { cause: err });
+    const text = `tor-testnet: the network did not come up after ${Date.now() - t0} ms: ${message}\n${logs}`;
+    const bindFailed = ALL_NODES.some((n) => /Address already in use/.test(tail(path.join(dir, n, 'stdout.log'), 50) + tail(path.join(dir, n, 'notice.log'), 50)));
+    if (bindFailed) throw new PortTakenError(text, { cause: err });
+    throw new Error(text, { cause: err });
   }
 }
 

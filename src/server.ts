@@ -5,18 +5,23 @@
 import { mkdir } from 'node:fs/promises';
 import type { AddressInfo } from 'node:net';
 import type { Config } from './config/types.js';
+import { OutboundQueue } from './delivery/queue.js';
 import { createImapServer } from './imap/imap-server.js';
 import type { Logger } from './log/logger.js';
+import { AuthThrottle } from './smtp/auth-throttle.js';
 import { createInboundSmtpServer } from './smtp/inbound-server.js';
+import { RelayPolicy } from './smtp/policy.js';
+import { createSubmissionServer } from './smtp/submission-server.js';
 import { expandMaildirTemplate } from './store/maildir-location.js';
 import { MaildirStore } from './store/maildir/maildir-store.js';
 import type { MailStore } from './store/types.js';
 import { ensureCertificate } from './tls/certificate.js';
+import { AliasDb } from './users/aliases.js';
 import { RecipientResolver } from './users/recipients.js';
 import { UserDb } from './users/user-db.js';
 
 export interface Listening {
-  name: 'smtp' | 'imap' | 'imaps';
+  name: 'smtp' | 'submission' | 'submissions' | 'imap' | 'imaps';
   description: string;
   host: string;
   port: number;
@@ -31,6 +36,8 @@ interface Listener {
 export class OnionpostServer {
   readonly store: MailStore;
   readonly users: UserDb;
+  readonly aliases: AliasDb;
+  readonly queue: OutboundQueue;
   private readonly ensured = new Map<string, Promise<void>>();
   private readonly listeners: Array<{ name: Listening['name']; description: string; server: Listener; host: string; port: number }> = [];
   private started = false;
@@ -40,6 +47,8 @@ export class OnionpostServer {
     private readonly logger: Logger,
   ) {
     this.users = new UserDb(config.users.file, { localDomains: config.localDomains, logger });
+    this.aliases = new AliasDb(config.users.aliases, { localDomains: config.localDomains, logger });
+    this.queue = new OutboundQueue({ dir: config.queue.dir, logger });
     this.store = new MaildirStore({ maildirFor: (user) => this.maildirFor(user), logger });
   }
 
@@ -72,7 +81,19 @@ export class OnionpostServer {
     });
     if (tls.generated) logger.info({ cert: config.tls.cert }, 'generated a self-signed certificate');
 
-    const resolver = new RecipientResolver({ localDomains: config.localDomains, userDb: this.users });
+    await this.queue.open();
+    const resolver = new RecipientResolver({
+      localDomains: config.localDomains,
+      userDb: this.users,
+      aliases: this.aliases,
+      postmaster: config.users.postmaster ?? undefined,
+      logger,
+    });
+    const relay = new RelayPolicy({
+      openToOnion: config.relay.openToOnion,
+      onionRatePerMinute: config.relay.onionRatePerMinute,
+      clearnet: config.relay.clearnet,
+    });
     const authenticate = async (username: string, password: string): Promise<{ id: string; username: string } | null> => {
       const user = await this.users.authenticate(username, password);
       if (!user) return null;
@@ -89,10 +110,33 @@ export class OnionpostServer {
       maxRecipients: config.smtp.maxRecipients,
       logger,
       tls: { key: tls.key, cert: tls.cert },
+      queue: this.queue,
+      relay,
     });
     const tlsOptions = { key: tls.key, cert: tls.cert };
+    // One throttle for both submission listeners: failed logins count across them.
+    const throttle = new AuthThrottle();
+    const submission = (implicitTls: boolean) =>
+      createSubmissionServer({
+        domain: config.domain,
+        store: this.store,
+        queue: this.queue,
+        resolveRecipient: (address: string) => resolver.resolve(address),
+        authenticate: async (username: string, password: string) => (await this.users.authenticate(username, password))?.name ?? null,
+        throttle,
+        relay,
+        tls: tlsOptions,
+        implicitTls,
+        allowPlaintextLoopback: config.submission.allowPlaintextLoopback,
+        prepareRecipient: (user: string) => this.ensureUser(user),
+        maxMessageSize: config.smtp.maxMessageSize,
+        maxRecipients: config.smtp.maxRecipients,
+        logger,
+      });
     const planned: Array<{ name: Listening['name']; description: string; server: Listener; host: string; port: number }> = [
       { name: 'smtp', description: 'SMTP, incoming mail (STARTTLS offered)', server: smtp, ...config.smtp.inbound },
+      { name: 'submission', description: 'SMTP submission (STARTTLS, AUTH)', server: submission(false), ...config.submission.starttls },
+      { name: 'submissions', description: 'SMTP submission over TLS (AUTH)', server: submission(true), ...config.submission.tls },
       {
         name: 'imap',
         description: 'IMAP (STARTTLS offered)',
@@ -136,9 +180,10 @@ export class OnionpostServer {
     return result;
   }
 
-  /** Re-reads what can change without a restart (users now; config and certificates later). */
+  /** Re-reads what can change without a restart (users and aliases now; config and certificates later). */
   async reload(): Promise<void> {
-    await this.users.reload();
+    this.users.reload();
+    this.aliases.reload();
     this.logger.info('reloaded');
   }
 

@@ -391,6 +391,38 @@ describe('imap server over a real MaildirStore', () => {
       assert.equal(part?.bodyParts?.get('2')?.length, bs.childNodes?.[1].size);
     });
 
+    it('non-UTF8 sessions get encoded words in ENVELOPE; repeated FETCHes are identical (cache not mutated)', async () => {
+      const wire = await ImapWire.connect(port);
+      try {
+        await wire.readLine();
+        await wire.command(`LOGIN ${USER} "${PASSWORD}"`);
+        await wire.command('EXAMINE INBOX');
+        const q = `UID FETCH ${uidMultipart} (ENVELOPE BODYSTRUCTURE BODY)`;
+        const first = await wire.command(q);
+        const second = await wire.command(q);
+        assert.equal(second.text, first.text);
+        assert.doesNotMatch(first.text, /[\x80-\xff]/, 'only ASCII without UTF8=ACCEPT');
+        assert.match(first.text, /"=\?UTF-8\?/);
+        assert.match(first.text, /\("ATTACHMENT" \("FILENAME" "data.bin"\)\)/);
+      } finally {
+        wire.close();
+      }
+      const utf8Wire = await ImapWire.connect(port);
+      try {
+        await utf8Wire.readLine();
+        await utf8Wire.command(`LOGIN ${USER} "${PASSWORD}"`);
+        await utf8Wire.command('ENABLE UTF8=ACCEPT');
+        await utf8Wire.command('EXAMINE INBOX');
+        const q = `UID FETCH ${uidMultipart} (ENVELOPE BODYSTRUCTURE)`;
+        const utf8 = await utf8Wire.command(q);
+        assert.ok(utf8.raw.includes(Buffer.from(`"${SUBJECT}"`)), 'raw UTF-8 subject after ENABLE UTF8=ACCEPT');
+        const again = await utf8Wire.command(q);
+        assert.equal(again.text, utf8.text);
+      } finally {
+        utf8Wire.close();
+      }
+    });
+
     it('BODY[] is byte-exact with the store, for a multipart non-ASCII message and a bare-LF one', async () => {
       for (const uid of [uidMultipart, uidBase64, uidBareLf]) {
         const stored = await store.readMessage(inboxId, uid);
@@ -497,6 +529,11 @@ describe('imap server over a real MaildirStore', () => {
         const fresh = await wire.command(`UID STORE ${uidBase64} (UNCHANGEDSINCE ${modseq}) +FLAGS (fresh)`);
         assert.match(fresh.text, new RegExp(`\\* \\d+ FETCH \\(UID ${uidBase64} FLAGS \\([^)]*fresh[^)]*\\) MODSEQ \\((\\d+)\\)\\)`));
         assert.match(fresh.tagged, /^W5 OK/);
+        const newModseq = Number(new RegExp(`MODSEQ \\((\\d+)\\)`).exec(fresh.text)![1]);
+        const search = await wire.command(`UID SEARCH MODSEQ ${newModseq}`);
+        assert.equal(search.text, `* SEARCH ${uidBase64} (MODSEQ ${newModseq})\r\n`);
+        const changed = await wire.command(`UID FETCH 1:* (FLAGS) (CHANGEDSINCE ${newModseq - 1})`);
+        assert.equal(changed.text.match(/FETCH/g)?.length, 1, changed.text);
         const silent = await wire.command(`UID STORE ${uidBase64} -FLAGS.SILENT (fresh)`);
         // with CONDSTORE on, even .SILENT reports the new MODSEQ
         assert.match(silent.text, /MODSEQ/);
@@ -586,6 +623,29 @@ describe('imap server over a real MaildirStore', () => {
       const left = ((await client.search({ all: true }, { uid: true })) || []).sort((a, b) => a - b);
       assert.deepEqual(left, [uidMultipart]);
       assert.equal((await store.getMessages(inboxId, [uidBase64])).length, 0);
+    });
+
+    it('a 3 MiB message is served byte-exact (streamed literal, COMPRESS=DEFLATE, STARTTLS)', async () => {
+      const filler = Buffer.alloc(3 * 1024 * 1024);
+      for (let i = 0; i < filler.length; i++) filler[i] = (i * 7919) % 251;
+      const big = Buffer.concat([
+        crlf(['Subject: big one', 'Content-Type: application/octet-stream', 'Content-Transfer-Encoding: base64', '', '']),
+        Buffer.from(filler.toString('base64').replace(/.{76}/g, '$&\r\n') + '\r\n'),
+      ]);
+      const appended = await client.append('INBOX', big);
+      assert.ok(appended);
+      await client.noop();
+      // two in one FETCH, with small literals around them, to exercise output ordering
+      const seen: Buffer[] = [];
+      for await (const m of client.fetch(`${uidMultipart},${appended.uid}`, { source: true, headers: ['subject'] }, { uid: true })) {
+        seen.push(m.source!);
+      }
+      assert.equal(seen.length, 2);
+      assert.ok(seen[1].equals(big), 'big BODY[] is byte-exact');
+      assert.ok(seen[0].equals(MULTIPART));
+      const part = await fetchUid(client, appended.uid!, { bodyParts: ['1'] });
+      assert.equal(part.bodyParts?.get('1')?.length, big.length - big.indexOf('\r\n\r\n') - 4);
+      assert.ok(await client.messageDelete(String(appended.uid), { uid: true }));
     });
 
     it('GETQUOTAROOT reports the storage in use', async () => {
@@ -706,7 +766,86 @@ describe('imap server over a real MaildirStore', () => {
   });
 });
 
+describe('imap server: resources', () => {
+  it('an IDLEing client that vanishes leaves no timer behind (imap-core arms a 30-minute one)', async () => {
+    const dir = await mkdtemp(path.join(os.tmpdir(), 'onionpost-imap-idle-'));
+    const store = new MaildirStore({ maildirFor: (u) => path.join(dir, u) });
+    await store.ensureUser(USER);
+    const server = createImapServer({
+      store,
+      logger: pino({ level: 'silent' }),
+      secure: false,
+      authenticate: async () => ({ id: USER, username: USER }),
+    });
+    const timers = (): number => process.getActiveResourcesInfo().filter((r) => r === 'Timeout').length;
+    try {
+      await server.listen(0, '127.0.0.1');
+      const baseline = timers();
+      const wire = await ImapWire.connect(server.address()!.port);
+      await wire.readLine();
+      await wire.command('LOGIN alice x');
+      await wire.command('SELECT INBOX');
+      wire.write('I1 IDLE\r\n');
+      assert.match(await wire.readLine(), /^\+ idling/);
+      assert.equal(timers(), baseline + 1, 'IDLE armed its timer');
+      wire.close();
+      for (let i = 0; i < 200 && server.connectionCount(); i++) await new Promise((r) => setTimeout(r, 10));
+      assert.equal(server.connectionCount(), 0);
+      await new Promise((r) => setTimeout(r, 20));
+      assert.equal(timers(), baseline, 'the IDLE timer was cleared');
+    } finally {
+      await server.close();
+      await store.close();
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+});
+
 describe('imap server: implicit TLS listener', () => {
+  it('serves clients that send SNI (the onion name), on 993-style and STARTTLS listeners', async (t) => {
+    const dir = await mkdtemp(path.join(os.tmpdir(), 'onionpost-imap-tls-'));
+    const tlsMaterial = await selfSignedCert(dir);
+    if (!tlsMaterial) {
+      await rm(dir, { recursive: true, force: true });
+      t.skip('openssl is not available to make a test certificate');
+      return;
+    }
+    const store = new MaildirStore({ maildirFor: (u) => path.join(dir, u) });
+    await store.ensureUser(USER);
+    try {
+      for (const secure of [true, false]) {
+        const server = createImapServer({
+          store,
+          tls: tlsMaterial,
+          logger: pino({ level: 'silent' }),
+          secure,
+          authenticate: async () => ({ id: USER, username: USER }),
+        });
+        await server.listen(0, '127.0.0.1');
+        const c = new ImapFlow({
+          host: '127.0.0.1',
+          port: server.address()!.port,
+          secure,
+          tls: { rejectUnauthorized: false, servername: 'exampleonionaddress.onion' },
+          auth: { user: USER, pass: 'x' },
+          logger: false,
+        });
+        try {
+          await c.connect();
+          assert.equal(c.secureConnection, true);
+          assert.ok((await c.list()).some((m) => m.path === 'Sent'));
+          await c.logout();
+        } finally {
+          c.close();
+          await server.close();
+        }
+      }
+    } finally {
+      await store.close();
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
   it('requires a certificate', () => {
     assert.throws(() =>
       createImapServer({

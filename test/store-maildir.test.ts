@@ -16,6 +16,7 @@ import { decodeMutf7, encodeMutf7, normalizeMailboxPath } from '../src/store/mai
 import { parseUidlist, serializeUidlist } from '../src/store/maildir/uidlist.js';
 import { parseSubscriptions } from '../src/store/maildir/subscriptions.js';
 import { acquireDotlock } from '../src/store/maildir/dotlock.js';
+import { appendIndexLog, INDEX_LOG_FILE, logLineRemove, logLineSet, readFolderIndex, writeFolderIndex } from '../src/store/maildir/index-file.js';
 import { StoreError, type ChangeEvent } from '../src/store/types.js';
 import { message, runStoreConformance } from './store-conformance.js';
 
@@ -172,6 +173,40 @@ describe('dovecot-uidlist parser', () => {
   it('refuses a broken header', () => {
     assert.throws(() => parseUidlist('garbage\n'));
     assert.throws(() => parseUidlist('3 N5\n'));
+  });
+});
+
+describe('index files', () => {
+  it('snapshot + log: older log lines never win, a partial line is ignored, a foreign log is not applied', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'onionpost-index-'));
+    try {
+      const guid = '0123456789abcdef0123456789abcdef';
+      await writeFolderIndex(dir, {
+        uidValidity: 5,
+        guid,
+        highestModseq: 10,
+        messages: new Map([[1, { modseq: 10, size: 50, idate: 1000.5, letters: 'S' }]]),
+      });
+      await appendIndexLog(dir, [
+        logLineSet(2, { modseq: 11, size: 7, idate: 2000, letters: '' }),
+        logLineSet(1, { modseq: 9, size: 50, idate: 1000.5, letters: '' }),
+        logLineRemove(3, 12),
+      ]);
+      await writeFile(join(dir, INDEX_LOG_FILE), 'm 4 13 1 1 :S', { flag: 'a' });
+      const index = await readFolderIndex(dir);
+      assert.ok(index);
+      assert.equal(index.highestModseq, 12);
+      assert.equal(index.logLines, 3);
+      assert.deepEqual(index.messages.get(1), { modseq: 10, size: 50, idate: 1000.5, letters: 'S' });
+      assert.deepEqual(index.messages.get(2), { modseq: 11, size: 7, idate: 2000, letters: '' });
+      assert.equal(index.messages.has(4), false);
+      await writeFile(join(dir, INDEX_LOG_FILE), `onionpost-index-log 1 6 ${guid}\nh 99\n`);
+      const other = await readFolderIndex(dir);
+      assert.equal(other?.highestModseq, 10);
+      assert.equal(other?.logLines, -1);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
   });
 });
 
@@ -826,11 +861,13 @@ describe('durability', () => {
 // Dovecot interoperability
 // -------------------------------------------------------------------------------------
 
-const IMAP_BINARIES = ['/usr/lib/dovecot/imap', '/usr/libexec/dovecot/imap', '/usr/local/libexec/dovecot/imap', '/usr/lib64/dovecot/imap'];
-
-function findDovecotImap(): string | null {
-  if (spawnSync('sh', ['-c', 'command -v doveadm']).status !== 0) return null;
-  return IMAP_BINARIES.find((p) => existsSync(p)) ?? null;
+/**
+ * Dovecot is usable when doveadm is there and `doveadm exec imap` finds its imap binary
+ * (without USER set, imap just complains about that and exits).
+ */
+function haveDovecot(): boolean {
+  const probe = spawnSync('doveadm', ['exec', 'imap'], { env: { PATH: process.env.PATH ?? '/usr/bin:/bin' }, stdio: ['ignore', 'ignore', 'pipe'], timeout: 10_000 });
+  return probe.error === undefined && !probe.stderr.toString().includes('execv(');
 }
 
 interface FetchRow {
@@ -874,7 +911,7 @@ function sections(out: string): Map<string, string> {
 }
 
 describe('Dovecot interoperability', () => {
-  const imap = findDovecotImap();
+  const dovecotThere = haveDovecot();
   let dir = '';
   let conf = '';
   let home = '';
@@ -882,7 +919,7 @@ describe('Dovecot interoperability', () => {
   let gid = 0;
 
   before(async () => {
-    if (imap === null) return;
+    if (!dovecotThere) return;
     dir = await mkdtemp(join(tmpdir(), 'onionpost-dovecot-'));
     // Dovecot refuses to access mail as root: run it as nobody then (and hand it the files).
     uid = haveRoot() ? 65534 : (process.getuid?.() ?? 0);
@@ -936,13 +973,12 @@ describe('Dovecot interoperability', () => {
   }
 
   function dovecot(script: string): string {
-    assert.ok(imap);
     // Standalone (pre-authenticated) IMAP on stdin/stdout through a real pipe and a file: Node's
     // pipes are socketpairs, and Dovecot run as root on a socket thinks it came from inetd.
     const input = join(dir, 'imap-input');
     const output = join(dir, 'imap-output');
     writeFileSync(input, script);
-    const run = spawnSync('sh', ['-c', 'cat "$2" | "$0" -c "$1" > "$3"', imap, conf, input, output], {
+    const run = spawnSync('sh', ['-c', 'cat "$1" | doveadm -c "$0" exec imap > "$2"', conf, input, output], {
       env: { USER, HOME: home, PATH: process.env.PATH ?? '/usr/bin:/bin' },
       timeout: 20_000,
     });
@@ -954,8 +990,8 @@ describe('Dovecot interoperability', () => {
   }
 
   it('Dovecot reads our maildir (UIDs, flags, sizes, folders, subscriptions) and we read its changes', async (t) => {
-    if (imap === null) {
-      t.skip('Dovecot is not installed (no doveadm / imap binary): interop not checked');
+    if (!dovecotThere) {
+      t.skip('Dovecot is not installed (no doveadm / imap): interop with Dovecot NOT checked');
       return;
     }
     const maildirFor = (user: string): string => join(dir, 'mail', user);

@@ -10,7 +10,9 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { startTorNetwork, findNetworkTors, type TorNetwork } from '../scripts/tor-testnet-lib.js';
+import { SMTPServer } from 'smtp-server';
 import { NextHopResolver } from '../src/delivery/resolver.js';
+import { runSmtpTransaction } from '../src/delivery/smtp-client.js';
 import { openTorConnection, TorConnectError } from '../src/delivery/transport.js';
 import { randomOnionAddress } from '../src/tor/onion-address.js';
 import { startDnsServer, type TestDnsServer } from './helpers/dns-server.js';
@@ -90,6 +92,9 @@ describe('private Tor network: transport and resolver through real tor', { timeo
   let tor: TorNetwork | undefined;
   let mx: Awaited<ReturnType<typeof startLineServer>>;
   let exitDns: TestDnsServer;
+  let smtp: SMTPServer;
+  let smtpPort: number;
+  const smtpReceived: { ehlo: string; secure: boolean; to: string[]; body: string }[] = [];
   const socks = (): { host: string; port: number } => ({ host: '127.0.0.1', port: tor!.socksPort });
 
   before(
@@ -97,12 +102,29 @@ describe('private Tor network: transport and resolver through real tor', { timeo
       dir = await mkdtemp(path.join(os.tmpdir(), 'onionpost-tor-'));
       mx = await startLineServer();
       exitDns = await startDnsServer({ 'mail.example.test': { a: ['127.0.0.1'] } });
+      smtp = new SMTPServer({
+        disableReverseLookup: true,
+        authOptional: true,
+        logger: false,
+        onData(stream, session, cb) {
+          let body = '';
+          stream.setEncoding('utf8');
+          stream.on('data', (d: string) => (body += d));
+          stream.on('end', () => {
+            smtpReceived.push({ ehlo: session.hostNameAppearsAs, secure: session.secure, to: session.envelope.rcptTo.map((r) => r.address), body });
+            cb(null);
+          });
+        },
+      });
+      await new Promise<void>((resolve) => smtp.listen(0, '127.0.0.1', () => resolve()));
+      smtpPort = (smtp.server.address() as net.AddressInfo).port;
       const closedPort = await freePort();
       tor = await startTorNetwork({
         dir,
         onions: [
           { name: 'mx', targetPort: mx.port },
           { name: 'closed', targetPort: closedPort },
+          { name: 'smtp', targetPort: smtpPort },
         ],
         exitDns: exitDns.address,
         readyTimeoutMs: 100_000,
@@ -117,6 +139,7 @@ describe('private Tor network: transport and resolver through real tor', { timeo
       await tor?.stop();
     } finally {
       await mx?.close();
+      if (smtp) await new Promise<void>((resolve) => smtp.close(() => resolve()));
       await exitDns?.close();
       if (dir) {
         assert.deepEqual(findNetworkTors(dir), [], 'every tor of the test network is gone');
@@ -139,6 +162,31 @@ describe('private Tor network: transport and resolver through real tor', { timeo
       sock.destroy();
     }
     process.stderr.write(`fresh onion connects (SOCKS CONNECT done): ${latencies.map((l) => l.toFixed(0)).join(', ')} ms; median ${median(latencies).toFixed(0)} ms\n`);
+  });
+
+  it('one SMTP transaction over Tor to an onion MX (smtp-server), with STARTTLS and our onion EHLO name', async () => {
+    const ours = tor!.onions.mx!; // any onion name of ours will do as the EHLO name
+    const peer = tor!.onions.smtp!;
+    const t0 = performance.now();
+    const socket = await openTorConnection({ socks: socks(), host: peer, port: 25, isolationKey: peer, timeoutMs: 60_000 });
+    const connected = performance.now() - t0;
+    const message = `From: alice@${ours}\r\nTo: bob@${peer}\r\nSubject: over tor\r\n\r\nHello through an onion.\r\n`;
+    const result = await runSmtpTransaction({
+      socket,
+      host: peer,
+      ehloName: ours,
+      envelope: { from: `alice@${ours}`, to: [`bob@${peer}`] },
+      message,
+      greetingTimeoutMs: 30_000,
+    });
+    const total = performance.now() - t0;
+    process.stderr.write(`SMTP over Tor: connect ${connected.toFixed(0)} ms, whole transaction (STARTTLS) ${total.toFixed(0)} ms\n`);
+    assert.deepEqual(result.recipients.map((r) => [r.recipient, r.status]), [[`bob@${peer}`, 'delivered']]);
+    assert.equal(result.tls, true);
+    const got = smtpReceived.at(-1)!;
+    assert.equal(got.ehlo, ours);
+    assert.equal(got.secure, true);
+    assert.equal(got.body, message);
   });
 
   it('streams with the same isolation key share a circuit; different keys never do', async () => {

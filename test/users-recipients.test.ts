@@ -112,7 +112,8 @@ test('an alias table plugs in before the postmaster fallback', (t) => {
   assert.deepEqual(r.resolve('Info+x@abcdef.onion'), { kind: 'local', user: 'alice' });
   assert.deepEqual(r.resolve('postmaster@abcdef.onion'), { kind: 'local', user: 'alice' });
   assert.deepEqual(r.resolve('abuse@abcdef.onion'), { kind: 'local', user: 'alice' });
-  assert.deepEqual(r.resolve('fwd@abcdef.onion'), { kind: 'remote', domain: 'other.onion' });
+  // Forwarding: the address is ours, its target is a remote address (queued, not refused).
+  assert.deepEqual(r.resolve('fwd@abcdef.onion'), { kind: 'alias', users: [], remote: ['someone@other.onion'] });
   assert.deepEqual(r.resolve('loop1@abcdef.onion'), { kind: 'unknown-local' });
   assert.deepEqual(r.resolve('dangling@abcdef.onion'), { kind: 'unknown-local' });
   assert.deepEqual(r.resolve('alice@abcdef.onion'), { kind: 'local', user: 'alice' }, 'users before aliases');

@@ -14,7 +14,7 @@ export class ConfigError extends Error {
   }
 }
 
-type Value = string | number | string[];
+type Value = string | number | boolean | string[];
 type TomlTable = { [key: string]: unknown };
 
 const DOMAIN_RE = /^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$/;
@@ -76,6 +76,9 @@ function validate(where: string, spec: KeySpec, raw: unknown): Value {
       }
       return (raw as string[]).map((d) => d.toLowerCase());
     }
+    case 'bool':
+      if (typeof raw !== 'boolean') fail(where, spec, raw, 'expected true or false (without quotes)');
+      return raw;
     case 'enum':
       if (typeof raw !== 'string' || !kind.values.includes(raw)) {
         fail(where, spec, raw, `expected one of ${kind.values.map((v) => `"${v}"`).join(', ')}`);
@@ -147,6 +150,7 @@ export function loadConfig(file: string | null, baseDir: string = process.cwd())
   }
   const str = (k: string): string => values.get(k) as string;
   const num = (k: string): number => values.get(k) as number;
+  const bool = (k: string): boolean => values.get(k) as boolean;
 
   const dataDir = path.resolve(base, str('data_dir'));
   const inData = (p: string): string => path.resolve(dataDir, p);
@@ -162,6 +166,8 @@ export function loadConfig(file: string | null, baseDir: string = process.cwd())
   }
   const ports: Array<[string, number]> = [
     ['smtp.port', num('smtp.port')],
+    ['submission.port', num('submission.port')],
+    ['submission.tls_port', num('submission.tls_port')],
     ['imap.port', num('imap.port')],
     ['imap.tls_port', num('imap.tls_port')],
   ];
@@ -185,6 +191,16 @@ export function loadConfig(file: string | null, baseDir: string = process.cwd())
       maxMessageSize: num('smtp.max_message_size'),
       maxRecipients: num('smtp.max_recipients'),
     },
+    submission: {
+      starttls: { host: str('submission.host'), port: num('submission.port') },
+      tls: { host: str('submission.host'), port: num('submission.tls_port') },
+      allowPlaintextLoopback: bool('submission.allow_plaintext_loopback'),
+    },
+    relay: {
+      openToOnion: bool('relay.open_to_onion'),
+      onionRatePerMinute: num('relay.onion_rate'),
+      clearnet: bool('relay.clearnet'),
+    },
     imap: {
       plain: { host: str('imap.host'), port: num('imap.port') },
       tls: { host: str('imap.host'), port: num('imap.tls_port') },
@@ -194,7 +210,12 @@ export function loadConfig(file: string | null, baseDir: string = process.cwd())
       key: keyGiven ? path.resolve(base, str('tls.key')) : inData('tls/key.pem'),
       configured: certGiven,
     },
-    users: { file: str('users.file') !== '' ? path.resolve(base, str('users.file')) : inData('users.passwd') },
+    users: {
+      file: str('users.file') !== '' ? path.resolve(base, str('users.file')) : inData('users.passwd'),
+      aliases: str('users.aliases') !== '' ? path.resolve(base, str('users.aliases')) : inData('aliases'),
+      postmaster: str('users.postmaster').trim() || null,
+    },
+    queue: { dir: inData('queue') },
     store: { type: 'maildir', maildir: str('store.maildir') },
     log: { level: str('log.level') as LogLevel },
   };

@@ -10,6 +10,7 @@ export type KeyKind =
   | { type: 'port' }
   | { type: 'size' }
   | { type: 'int'; min: number; max: number }
+  | { type: 'bool' }
   | { type: 'domain' }
   | { type: 'domains' }
   | { type: 'enum'; values: readonly string[] };
@@ -18,7 +19,7 @@ export interface KeySpec {
   /** Dotted TOML path, e.g. "smtp.port". */
   key: string;
   kind: KeyKind;
-  default: string | number | string[];
+  default: string | number | boolean | string[];
 }
 
 export const LOG_LEVELS: readonly LogLevel[] = ['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'];
@@ -31,12 +32,21 @@ export const KEYS: readonly KeySpec[] = [
   { key: 'smtp.port', kind: { type: 'port' }, default: 2525 },
   { key: 'smtp.max_message_size', kind: { type: 'size' }, default: 25 * 1024 * 1024 },
   { key: 'smtp.max_recipients', kind: { type: 'int', min: 1, max: 100000 }, default: 100 },
+  { key: 'submission.host', kind: { type: 'host' }, default: '127.0.0.1' },
+  { key: 'submission.port', kind: { type: 'port' }, default: 2587 },
+  { key: 'submission.tls_port', kind: { type: 'port' }, default: 2465 },
+  { key: 'submission.allow_plaintext_loopback', kind: { type: 'bool' }, default: true },
+  { key: 'relay.open_to_onion', kind: { type: 'bool' }, default: false },
+  { key: 'relay.onion_rate', kind: { type: 'int', min: 1, max: 100000 }, default: 60 },
+  { key: 'relay.clearnet', kind: { type: 'bool' }, default: false },
   { key: 'imap.host', kind: { type: 'host' }, default: '127.0.0.1' },
   { key: 'imap.port', kind: { type: 'port' }, default: 2143 },
   { key: 'imap.tls_port', kind: { type: 'port' }, default: 2993 },
   { key: 'tls.cert', kind: { type: 'string', allowEmpty: true }, default: '' },
   { key: 'tls.key', kind: { type: 'string', allowEmpty: true }, default: '' },
   { key: 'users.file', kind: { type: 'string', allowEmpty: true }, default: '' },
+  { key: 'users.aliases', kind: { type: 'string', allowEmpty: true }, default: '' },
+  { key: 'users.postmaster', kind: { type: 'string', allowEmpty: true }, default: '' },
   { key: 'store.type', kind: { type: 'enum', values: ['maildir'] }, default: 'maildir' },
   { key: 'store.maildir', kind: { type: 'string' }, default: 'mail/%u' },
   { key: 'log.level', kind: { type: 'enum', values: LOG_LEVELS }, default: 'info' },

@@ -25,6 +25,22 @@ export interface Config {
     /** Largest number of recipients per message. */
     maxRecipients: number;
   };
+  submission: {
+    /** Port 587 role: STARTTLS required before AUTH (except plain text on loopback, see below). */
+    starttls: ListenerConfig;
+    /** Port 465 role: implicit TLS. */
+    tls: ListenerConfig;
+    /** AUTH without TLS from 127.0.0.0/8 and ::1 (where every onion client comes from). */
+    allowPlaintextLoopback: boolean;
+  };
+  relay: {
+    /** Port 25 accepts mail for any valid *.onion domain from anyone and queues it. */
+    openToOnion: boolean;
+    /** Rate of open_to_onion relaying, messages per minute (one global bucket). */
+    onionRatePerMinute: number;
+    /** Authenticated users may send to non-onion domains. */
+    clearnet: boolean;
+  };
   imap: {
     /** Plain port (STARTTLS offered). */
     plain: ListenerConfig;
@@ -41,6 +57,14 @@ export interface Config {
   users: {
     /** Dovecot passwd-file compatible user database, absolute path. */
     file: string;
+    /** aliases(5) file, absolute path. */
+    aliases: string;
+    /** User (or local address) for postmaster@ and root@ without a user or alias of that name; null: the first user. */
+    postmaster: string | null;
+  };
+  queue: {
+    /** Outbound queue spool directory, absolute path (<data_dir>/queue). */
+    dir: string;
   };
   store: {
     type: 'maildir';

@@ -98,10 +98,12 @@ export async function runSmtpTransaction(options: SmtpTransactionOptions): Promi
 
   const all = (err: SmtpError, fallback: string): SmtpTransactionResult => {
     const code = err.responseCode;
+    // A TLS requirement of ours that the peer cannot meet is a deferral, like Postfix's "encrypt".
+    const tlsFailure = err.command === 'STARTTLS' || err.code === 'ETLS';
     return {
       recipients: options.envelope.to.map((recipient) => ({
         recipient,
-        status: statusOf(code),
+        status: tlsFailure ? 'temporary' : statusOf(code),
         ...(code !== undefined ? { code } : {}),
         response: describe(err) || fallback,
       })),
@@ -113,7 +115,20 @@ export async function runSmtpTransaction(options: SmtpTransactionOptions): Promi
   let quit = false;
   try {
     try {
-      await new Promise<void>((resolve, reject) => conn.connect((err?: SmtpError) => (err ? reject(err) : resolve())));
+      // Setup failures (greeting timeout, 5xx greeting, hang-up) come as 'error'/'end' events.
+      await new Promise<void>((resolve, reject) => {
+        const done = (err?: SmtpError): void => {
+          conn.off('error', done);
+          conn.off('end', onEnd);
+          if (err) reject(err);
+          else resolve();
+        };
+        const onEnd = (): void =>
+          done(lastError ?? Object.assign(new Error('the server closed the connection before the session was set up'), { code: 'ECONNECTION' }));
+        conn.once('error', done);
+        conn.once('end', onEnd);
+        conn.connect(done);
+      });
     } catch (err) {
       return all(err as SmtpError, 'CONN');
     }

@@ -5,12 +5,13 @@
  */
 import { isIPv4, isIPv6 } from 'node:net';
 import type { Logger } from 'pino';
-import type { MailStore } from '../store/types.js';
 import type { ImapHandlers, ImapReplyError, ImapUser, LoginRequest } from './imap-core-types.js';
 
 /**
  * Checks a login name and password. Login names `alice` and `alice@domain` both work (that
- * is the authenticator's job). `id` must be the user key the MailStore is addressed with.
+ * is the authenticator's job). `id` must be the user key the MailStore is addressed with
+ * (the `user` of its calls and change events), and the user's storage must exist once it
+ * resolves (store.ensureUser).
  */
 export type Authenticate = (username: string, password: string) => Promise<{ id: string; username: string } | null>;
 
@@ -28,7 +29,7 @@ export function clearTextLoginAllowed(conn: { secure: boolean; remoteAddress: st
   return conn.secure || isLoopbackAddress(conn.remoteAddress);
 }
 
-const PRIVACY_TEXT = 'Clear-text login is allowed only over TLS or from the onion service; run STARTTLS first';
+const PRIVACY_TEXT = 'Clear-text login is allowed only over TLS or from the onion service';
 
 function replyError(method: LoginRequest['method'], code: string, text: string): ImapReplyError {
   // LOGIN replies `NO [code] message`; AUTHENTICATE PLAIN only prints `NO message`
@@ -40,23 +41,22 @@ function replyError(method: LoginRequest['method'], code: string, text: string):
 
 export function createAuthHandler(opts: {
   authenticate: Authenticate;
-  store: MailStore;
   logger: Logger;
+  /** Whether this listener offers STARTTLS (the refusal then says to use it). */
+  starttls: boolean;
 }): Required<Pick<ImapHandlers, 'onAuth'>> {
+  const privacyText = PRIVACY_TEXT + (opts.starttls ? '; run STARTTLS first' : '; use the TLS port');
   return {
     onAuth(login, session, cb) {
       const remoteAddress = session.remoteAddress || login.connection.remoteAddress;
       if (!clearTextLoginAllowed({ secure: !!login.connection.secure, remoteAddress })) {
         opts.logger.info({ cid: session.id, method: login.method }, 'imap: clear-text login refused on a non-loopback connection');
-        cb(replyError(login.method, 'PRIVACYREQUIRED', PRIVACY_TEXT));
+        cb(replyError(login.method, 'PRIVACYREQUIRED', privacyText));
         return;
       }
       (async (): Promise<ImapUser | null> => {
         const account = await opts.authenticate(login.username, login.password);
-        if (!account) return null;
-        // idempotent: makes sure the user's mail storage and default folders exist
-        await opts.store.ensureUser(account.id);
-        return { id: account.id, username: account.username };
+        return account ? { id: account.id, username: account.username } : null;
       })().then(
         (user) => cb(null, user ? { user } : null),
         (err: unknown) => {

@@ -80,37 +80,86 @@ async function fetchMessages(ctx: HandlerContext, mailboxId: string, options: Fe
   const respQuery = responseQuery(options.query);
   const utf8 = session.isUTF8Enabled();
 
-  for (const meta of metas) {
-    if (!isSocketOpen(session)) return;
+  interface Loaded {
+    meta: MessageMeta;
+    raw: Buffer | null;
+    structure: MessageStructure | null;
+  }
+  const load = async (meta: MessageMeta): Promise<Loaded | null> => {
     const key: MessageKey = { mailboxId, uid: meta.uid, size: meta.size, internalDate: meta.internalDate };
-
-    let raw: Buffer | null = null;
     let structure = needs.structure ? cache.getStructure(key) : null;
+    let raw: Buffer | null = null;
     if (needs.raw || (needs.structure && !structure)) {
       raw = await store.readMessage(mailboxId, meta.uid);
-      if (!raw) continue; // expunged meanwhile
+      if (!raw) return null; // expunged meanwhile
       if (needs.structure && !structure) structure = cache.structureOf(key, raw);
     }
+    return { meta, raw, structure };
+  };
 
-    const values = buildValues(options.query, meta, raw, structure, session, utf8);
-    const response = session.formatResponse('FETCH', meta.uid, { query: respQuery, values });
-    if (!response) continue;
+  for (const batch of readAheadBatches(metas, needs.raw || needs.structure)) {
+    if (!isSocketOpen(session)) return;
+    const loaded = await Promise.all(batch.map(load));
+    for (const item of loaded) {
+      if (!item) continue;
+      if (!isSocketOpen(session)) return;
+      const values = buildValues(options.query, item.meta, item.raw, item.structure, session, utf8);
+      const response = session.formatResponse('FETCH', item.meta.uid, { query: respQuery, values });
+      if (!response) continue;
 
-    const streaming = values.some((v) => isStreamLiteral(v));
-    if (!streaming) {
-      if (!session.writeStream.write({ compiled: imapHandler.compiler(response) })) await drained(session);
-    } else {
-      // stream literals are piped straight into the socket: let earlier output reach it first
-      await drained(session);
-      await new Promise<void>((resolve, reject) => {
-        session.writeStream.write(imapHandler.compileStream(response), (err?: Error | null) => (err ? reject(err) : resolve()));
-      });
+      if (!values.some((v) => isStreamLiteral(v))) {
+        if (!session.writeStream.write({ compiled: imapHandler.compiler(response) })) await drained(session);
+      } else {
+        // stream literals are piped straight into the socket: let earlier output reach it first
+        await drained(session);
+        await writeStreamed(session, imapHandler.compileStream(response));
+      }
     }
   }
 }
 
+/** Messages are read this many at a time, up to READ_AHEAD_BYTES together. */
+const READ_AHEAD_COUNT = 16;
+const READ_AHEAD_BYTES = 4 * 1024 * 1024;
+
+function* readAheadBatches(metas: MessageMeta[], reading: boolean): Generator<MessageMeta[]> {
+  if (!reading) {
+    yield metas;
+    return;
+  }
+  let batch: MessageMeta[] = [];
+  let bytes = 0;
+  for (const meta of metas) {
+    if (batch.length && (batch.length >= READ_AHEAD_COUNT || bytes + meta.size > READ_AHEAD_BYTES)) {
+      yield batch;
+      batch = [];
+      bytes = 0;
+    }
+    batch.push(meta);
+    bytes += meta.size;
+  }
+  if (batch.length) yield batch;
+}
+
 function isStreamLiteral(v: FetchValue): v is StreamLiteral {
   return typeof v === 'object' && v !== null && !Array.isArray(v) && !Buffer.isBuffer(v) && !(v instanceof Date) && v.type === 'stream';
+}
+
+/**
+ * Writes a streamed response and waits until imap-core has sent all of it, or until the
+ * socket is gone (then the stream never ends and the write callback never comes).
+ */
+function writeStreamed(session: ImapSession, stream: NodeJS.ReadableStream): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const socket = session.socket;
+    const onClose = (): void => resolve();
+    socket.once('close', onClose);
+    session.writeStream.write(stream, (err?: Error | null) => {
+      socket.off('close', onClose);
+      if (err) reject(err);
+      else resolve();
+    });
+  });
 }
 
 /** Resolves on `event`, on socket close, or after `ms`, whichever comes first; leaves no listeners. */

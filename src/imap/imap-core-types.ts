@@ -7,6 +7,7 @@
 import type { EventEmitter } from 'node:events';
 import type { Server as NetServer, Socket } from 'node:net';
 import type { Readable, Transform } from 'node:stream';
+import type { SecureContext } from 'node:tls';
 
 /** What onAuth hands to imap-core as `session.user`. `id` is the store's user key. */
 export interface ImapUser {
@@ -128,6 +129,10 @@ export interface ImapConnection extends EventEmitter {
   remoteAddress: string;
   clientHostname: string | false;
   loggelf: (message: Record<string, unknown>) => void;
+  /** True while the session is in IDLE. */
+  idling: boolean;
+  /** Continuation for the next client line (IDLE's "DONE", SASL responses), or false. */
+  _nextHandler: false | ((token: string, next: () => void) => void);
   send(payload: string, callback?: () => void): void;
   close(force?: boolean): void;
   _setListeners(): void;
@@ -304,6 +309,11 @@ export interface ImapCoreLogger {
 
 export interface ImapCoreServerOptions {
   secure?: boolean;
+  /** 1.51 signature; a null context makes imap-core use the default one. */
+  SNICallback?: (
+    request: { servername: string; meta: { remoteAddress?: string } },
+    callback: (err: Error | null, context?: SecureContext | null) => void,
+  ) => void;
   key?: string | Buffer;
   cert?: string | Buffer;
   disableSTARTTLS?: boolean;

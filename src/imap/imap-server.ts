@@ -68,6 +68,9 @@ export function createImapServer(options: ImapServerOptions): ImapServer {
     // LOGINDISABLED nor refuse LOGIN there: onion clients log in over loopback in clear
     // text; onAuth refuses clear-text logins from anywhere else (PRIVACYREQUIRED).
     ...(options.tls ? { key: options.tls.key, cert: options.tls.cert, ignoreSTARTTLS: true } : { disableSTARTTLS: true }),
+    // One certificate for every name. imap-core installs no SNICallback for implicit-TLS
+    // servers but calls it whenever a client sends SNI (TypeError, handshake aborted).
+    SNICallback: (_request, callback) => callback(null, null),
     id: { name: SERVER_NAME },
     name: SERVER_NAME,
     logger: coreLogger(log),
@@ -97,7 +100,7 @@ export function createImapServer(options: ImapServerOptions): ImapServer {
   };
   Object.assign(
     server,
-    createAuthHandler({ authenticate: options.authenticate, store, logger: log }),
+    createAuthHandler({ authenticate: options.authenticate, logger: log, starttls: !options.secure && !!options.tls }),
     createMailboxHandlers(ctx),
     createMessageHandlers(ctx),
     createFetchHandler(ctx),
@@ -152,12 +155,26 @@ export function createImapServer(options: ImapServerOptions): ImapServer {
  */
 function replaceGreeting(server: ImapCoreServer): void {
   server.connect = (socket: Socket, socketOptions: ConnectionOptions): void => {
+    // Small untagged responses (IDLE's "* n EXISTS") must not wait for Nagle's algorithm,
+    // which otherwise holds them until the client's delayed ACK (~40 ms on Linux).
+    socket.setNoDelay(true);
     const connection: ImapConnection = new IMAPConnection(server, socket, socketOptions);
     connection.loggelf = (message) => server.loggelf(message);
     server.connections.add(connection);
     connection.on('error', (err: Error) => server._onError(err));
+    connection.once('close', () => endIdle(connection));
     greet(connection);
   };
+}
+
+/**
+ * imap-core's IDLE arms a timer (idleTimeout, 30 min) that only a "DONE" clears. When an
+ * idling client just goes away, that timer would keep the connection in memory, and the
+ * process alive at shutdown, for up to 30 minutes. Finish the IDLE as if DONE had come.
+ */
+function endIdle(connection: ImapConnection): void {
+  const next = connection._nextHandler;
+  if (connection.idling && typeof next === 'function') next('DONE', () => undefined);
 }
 
 function greet(connection: ImapConnection): void {

@@ -213,18 +213,13 @@ function decode2231(value: string): string {
   return encoded.replace(/%([0-9a-fA-F]{2})/g, (_s, hex: string) => String.fromCharCode(parseInt(hex, 16)));
 }
 
-/** A resolved part number: the part, and whether the path pointed at a message's only body. */
-interface Resolved {
-  part: MimePart;
-}
-
 /**
  * Resolves an IMAP part number ("1.2.3") to a part. For a non-multipart message, part 1 is
  * its body (the message itself). A message/rfc822 part's sub-parts are the parts of the
  * encapsulated message.
  */
-export function resolvePart(root: MimePart, path: string): Resolved | null {
-  if (!path) return { part: root };
+export function resolvePart(root: MimePart, path: string): MimePart | null {
+  if (!path) return root;
   let node = root;
   let isMessage = true;
   for (const piece of path.split('.')) {
@@ -246,7 +241,7 @@ export function resolvePart(root: MimePart, path: string): Resolved | null {
       return null;
     }
   }
-  return { part: node };
+  return node;
 }
 
 export interface SectionSpec {
@@ -266,9 +261,8 @@ const CRLF = Buffer.from('\r\n');
  * inapplicable sections give an empty buffer.
  */
 export function extractSection(raw: Buffer, root: MimePart, spec: SectionSpec): Buffer {
-  const resolved = resolvePart(root, spec.path);
-  if (!resolved) return EMPTY;
-  const part = resolved.part;
+  const part = resolvePart(root, spec.path);
+  if (!part) return EMPTY;
   switch (spec.type) {
     case '':
     case 'content':

@@ -275,12 +275,34 @@ async function search(
   const metas = await ctx.store.getMessages(mailboxId, universe);
   const found: number[] = [];
   let highestModseq = 0;
-  for (const meta of metas) {
-    const key: MessageKey = { mailboxId, uid: meta.uid, size: meta.size, internalDate: meta.internalDate };
-    if (await matches(query, new Doc(ctx, meta, key))) {
-      found.push(meta.uid);
-      if (meta.modseq > highestModseq) highestModseq = meta.modseq;
-    }
+  // a few messages are evaluated concurrently so that their file reads overlap
+  for (const batch of batches(metas)) {
+    const results = await Promise.all(
+      batch.map((meta) => matches(query, new Doc(ctx, meta, { mailboxId, uid: meta.uid, size: meta.size, internalDate: meta.internalDate }))),
+    );
+    results.forEach((hit, i) => {
+      if (!hit) return;
+      found.push(batch[i].uid);
+      if (batch[i].modseq > highestModseq) highestModseq = batch[i].modseq;
+    });
   }
   return { uidList: found, highestModseq };
+}
+
+const BATCH_COUNT = 16;
+const BATCH_BYTES = 4 * 1024 * 1024;
+
+function* batches(metas: MessageMeta[]): Generator<MessageMeta[]> {
+  let batch: MessageMeta[] = [];
+  let bytes = 0;
+  for (const meta of metas) {
+    if (batch.length && (batch.length >= BATCH_COUNT || bytes + meta.size > BATCH_BYTES)) {
+      yield batch;
+      batch = [];
+      bytes = 0;
+    }
+    batch.push(meta);
+    bytes += meta.size;
+  }
+  if (batch.length) yield batch;
 }

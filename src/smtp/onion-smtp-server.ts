@@ -10,10 +10,17 @@
  *    (or the library) produce that already starts with a matching "x.y.z " is sent as is.
  * 2. NUL bytes in command lines get a clear "500 5.5.2" instead of being silently accepted
  *    as junk arguments of NOOP/RSET/DATA or reported as an unknown command.
+ * 3. Optional `authAllowed(session)` hook (submission): while it says no (plain text, not
+ *    loopback), the EHLO reply does not list AUTH and an AUTH command gets
+ *    "530 5.7.0 Must issue a STARTTLS command first" (counted as an unauthenticated command).
+ *    smtp-server alone would advertise AUTH before STARTTLS and answer it with 538.
  */
 import type net from 'node:net';
+import type { AddressInfo } from 'node:net';
 import type tls from 'node:tls';
-import { SMTPServer, type SMTPServerOptions } from 'smtp-server';
+import { SMTPServer, type SMTPServerOptions, type SMTPServerSession } from 'smtp-server';
+import type { Logger } from '../log/logger.js';
+import type { TlsMaterial } from './types.js';
 
 type Connection = SMTPServer['connections'] extends Set<infer C> ? C : never;
 
@@ -29,9 +36,17 @@ export function smtpError(code: number, enhanced: string, text: string): Error &
   return err;
 }
 
+export interface OnionSmtpHooks {
+  /** Whether AUTH may be used on this connection now; absent: smtp-server's own rules. */
+  authAllowed?: (session: SMTPServerSession) => boolean;
+}
+
 export class OnionSmtpServer extends SMTPServer {
-  constructor(options: SMTPServerOptions) {
+  private readonly hooks: OnionSmtpHooks;
+
+  constructor(options: SMTPServerOptions, hooks: OnionSmtpHooks = {}) {
     super(options);
+    this.hooks = hooks;
   }
 
   override connect(socket: net.Socket | tls.TLSSocket, socketOptions?: Parameters<SMTPServer['connect']>[1]): void {
@@ -41,15 +56,20 @@ export class OnionSmtpServer extends SMTPServer {
     // the wrappers are in place before any reply is written or any command is read.
     for (const connection of this.connections) {
       if (!before.has(connection)) {
-        adjustConnection(connection);
+        adjustConnection(connection, this.hooks);
       }
     }
   }
 }
 
-function adjustConnection(connection: Connection): void {
+function adjustConnection(connection: Connection, hooks: OnionSmtpHooks): void {
+  const { authAllowed } = hooks;
   const send = connection.send.bind(connection);
   connection.send = (code, data, context) => {
+    if (authAllowed && code === 250 && Array.isArray(data) && !authAllowed(connection.session)) {
+      // The EHLO reply (the only multi-line 250): no AUTH while it cannot be used.
+      data = data.filter((line) => !/^AUTH\b/i.test(String(line)));
+    }
     if (typeof data === 'string') {
       const match = EXPLICIT_ENHANCED.exec(data);
       if (match && match[1] === String(code)[0]) {
@@ -64,7 +84,23 @@ function adjustConnection(connection: Connection): void {
   connection._onCommand = (command, callback) => {
     // The library's own checks come first while it must stay silent (TLS handshake in
     // progress, greeting not sent yet, server shutting down).
-    if (!command || !command.includes(0) || !connection._ready || connection._upgrading || connection._server._closeTimeout) {
+    if (!command || !connection._ready || connection._upgrading || connection._server._closeTimeout) {
+      onCommand(command, callback);
+      return;
+    }
+    if (!command.includes(0)) {
+      if (authAllowed && isRefusedAuth(connection, authAllowed, command)) {
+        connection._unauthenticatedCommands++;
+        const max = connection._maxAllowedUnauthenticatedCommands;
+        if (typeof max === 'number' && connection._unauthenticatedCommands >= max) {
+          connection.send(421, '4.7.0 Error: too many unauthenticated commands');
+          return;
+        }
+        connection.send(530, '5.7.0 Must issue a STARTTLS command first');
+        const next = callback ?? (() => false);
+        setImmediate(() => connection._whenWritable(next));
+        return;
+      }
       onCommand(command, callback);
       return;
     }
@@ -76,5 +112,77 @@ function adjustConnection(connection: Connection): void {
     connection.send(500, '5.5.2 Error: NUL character in command line');
     const next = callback ?? (() => false);
     setImmediate(() => connection._whenWritable(next));
+  };
+}
+
+/** An AUTH command (not a continuation line of one) after EHLO that the hook refuses. */
+function isRefusedAuth(connection: Connection, authAllowed: (session: SMTPServerSession) => boolean, command: Buffer): boolean {
+  if (connection._nextHandler || !connection.hostNameAppearsAs || connection.session.user) return false;
+  const name = command.toString('latin1').split(' ', 1)[0]!.toUpperCase();
+  return name === 'AUTH' && !authAllowed(connection.session);
+}
+
+/** What server.ts needs from an SMTP listener. */
+export interface SmtpListener {
+  listen(port: number, host: string): Promise<void>;
+  /** Stops accepting, says 421 to idle clients, lets transactions in flight finish. */
+  close(): Promise<void>;
+  address(): AddressInfo | null;
+  /**
+   * Replaces the certificate for new TLS handshakes (SIGHUP reload); sessions already
+   * encrypted keep theirs. Enables STARTTLS if the server was created without a certificate.
+   */
+  updateTls(tls: TlsMaterial): void;
+}
+
+/** The listener API around an OnionSmtpServer; connection errors are logged, never thrown. */
+export function smtpListener(server: OnionSmtpServer, log: Logger): SmtpListener {
+  server.on('error', (err: Error & { code?: string }) => {
+    // Connection-level errors (client vanished mid-transaction, TLS handshake failures)
+    // arrive here; they must not crash the process.
+    log.warn({ err: { message: err.message, code: err.code } }, 'smtp connection error');
+  });
+
+  return {
+    listen(port: number, host: string): Promise<void> {
+      return new Promise((resolve, reject) => {
+        const onError = (err: Error) => reject(err);
+        server.server.once('error', onError);
+        server.listen(port, host, () => {
+          server.server.off('error', onError);
+          resolve();
+        });
+      });
+    },
+
+    close(): Promise<void> {
+      return new Promise((resolve) => {
+        if (!server.server.listening) {
+          resolve();
+          return;
+        }
+        server.close(() => resolve());
+        // Idle clients would otherwise hold the listener open until closeTimeout; clients in
+        // DATA or waiting for a handler finish their transaction and get 421 on their next
+        // command (smtp-server answers every command with 421 once close() was called).
+        for (const connection of server.connections) {
+          if (!connection._dataStream && !connection._handlerPending) {
+            connection.send(421, '4.3.2 Service shutting down');
+          }
+        }
+      });
+    },
+
+    address(): AddressInfo | null {
+      const addr = server.server.address();
+      return addr && typeof addr === 'object' ? addr : null;
+    },
+
+    updateTls(tls: TlsMaterial): void {
+      server.updateSecureContext({ key: tls.key, cert: tls.cert, minVersion: 'TLSv1.2' });
+      // A server created without a certificate starts offering STARTTLS from now on.
+      const disabled = server.options.disabledCommands;
+      if (disabled.includes('STARTTLS') && !server.options.secure) disabled.splice(disabled.indexOf('STARTTLS'), 1);
+    },
   };
 }

@@ -12,11 +12,12 @@
  * fsync), rename it over the file and fsync the directory. Readers therefore only ever see a
  * whole old file or a whole new one, and two writers never lose each other's changes.
  */
-import { closeSync, fstatSync, openSync, readFileSync, statSync, type Stats } from 'node:fs';
+import { closeSync, fstatSync, openSync, readFileSync, statSync } from 'node:fs';
 import * as fsp from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
 import path from 'node:path';
 import type { Logger } from '../log/logger.js';
+import { FileUpdateError, fileSignature as signature, isErrno, lockFile, writeFileAtomic } from './file-update.js';
 import { checkPassword, describeScheme, hashPassword, MAX_PASSWORD_BYTES } from './password-hash.js';
 import {
   appendLine,
@@ -89,10 +90,6 @@ interface Snapshot {
 
 const EMPTY: Snapshot = { byName: new Map(), order: [] };
 
-/** A stale lock: its holder is gone (and it is older than this), or it is just very old. */
-const LOCK_DEAD_HOLDER_MS = 1000;
-const LOCK_MAX_AGE_MS = 30_000;
-
 let dummyHash: Promise<string> | null = null;
 /** A hash of a random password, with our default scheme: unknown users cost the same work. */
 function getDummyHash(): Promise<string> {
@@ -103,16 +100,8 @@ function getDummyHash(): Promise<string> {
   return dummyHash;
 }
 
-function signature(st: Stats): string {
-  return `${st.dev}:${st.ino}:${st.size}:${st.mtimeMs}:${st.ctimeMs}`;
-}
-
 function isLogger(x: Logger | UserDbOptions): x is Logger {
   return typeof (x as Logger).warn === 'function' && typeof (x as Logger).child === 'function';
-}
-
-function isErrno(err: unknown, code: string): boolean {
-  return typeof err === 'object' && err !== null && (err as NodeJS.ErrnoException).code === code;
 }
 
 export class UserDb {
@@ -425,67 +414,20 @@ export class UserDb {
 
   /** Temp file (0600, fsync) + rename + directory fsync. Returns the new file's signature. */
   private async writeAtomic(target: string, text: string, owner: { uid: number; gid: number } | null): Promise<string> {
-    const dir = path.dirname(target);
-    const tmp = path.join(dir, `.${path.basename(target)}.tmp-${process.pid}-${randomBytes(6).toString('hex')}`);
-    let fh: fsp.FileHandle | undefined;
     try {
-      fh = await fsp.open(tmp, 'wx', 0o600);
-      await fh.writeFile(text, 'utf8');
-      await fh.chmod(0o600);
-      if (process.getuid?.() === 0) {
-        // Root (the CLI run with sudo) keeps the file readable by the daemon's user: the
-        // owner of the old file, or of the directory for a new file.
-        const o = owner ?? (await fsp.stat(dir));
-        await fh.chown(o.uid, o.gid);
-      }
-      await fh.sync();
-      await fh.close();
-      fh = undefined;
-      await fsp.rename(tmp, target);
+      await writeFileAtomic(target, text, owner);
     } catch (err) {
-      await fh?.close().catch(() => undefined);
-      await fsp.unlink(tmp).catch(() => undefined);
-      throw ioError(`cannot write ${target}`, err);
+      throw toUserDbError(err);
     }
-    await fsyncDir(dir);
     return signature(await fsp.stat(this.file));
   }
 
   /** Takes `<file>.lock`; returns its release function. */
   private async lock(): Promise<() => Promise<void>> {
-    const lockPath = `${this.file}.lock`;
-    const dir = path.dirname(this.file);
     try {
-      await fsp.mkdir(dir, { recursive: true, mode: 0o700 });
+      return await lockFile(this.file, this.lockTimeoutMs);
     } catch (err) {
-      throw ioError(`cannot create ${dir}`, err);
-    }
-    const deadline = Date.now() + this.lockTimeoutMs;
-    let delay = 5;
-    for (;;) {
-      try {
-        const fh = await fsp.open(lockPath, 'wx', 0o600);
-        try {
-          await fh.writeFile(`${process.pid}\n`);
-        } finally {
-          await fh.close();
-        }
-        return async () => {
-          await fsp.unlink(lockPath).catch(() => undefined);
-        };
-      } catch (err) {
-        if (!isErrno(err, 'EEXIST')) throw ioError(`cannot create the lock file ${lockPath}`, err);
-      }
-      if (await removeIfStale(lockPath)) continue;
-      if (Date.now() >= deadline) {
-        const holder = (await fsp.readFile(lockPath, 'utf8').catch(() => '')).trim();
-        throw new UserDbError(
-          'locked',
-          `${lockPath} is held${holder ? ` by process ${holder}` : ''}; try again, or remove the file if no onionpost command is running`,
-        );
-      }
-      await new Promise((r) => setTimeout(r, delay + Math.random() * delay));
-      delay = Math.min(delay * 2, 100);
+      throw toUserDbError(err);
     }
   }
 }
@@ -500,50 +442,7 @@ function ioError(what: string, err: unknown): UserDbError {
   return new UserDbError('io', `${what}: ${e.code ?? ''}${e.code ? ' ' : ''}${e.message ?? String(err)}`);
 }
 
-async function fsyncDir(dir: string): Promise<void> {
-  let fh: fsp.FileHandle | undefined;
-  try {
-    fh = await fsp.open(dir, 'r');
-    await fh.sync();
-  } catch {
-    // Some file systems refuse fsync on directories; the rename itself has happened.
-  } finally {
-    await fh?.close().catch(() => undefined);
-  }
-}
-
-/**
- * Removes a lock whose holder died (pid gone, lock older than a second) or that is older
- * than 30 s (writers hold it for milliseconds). The inode is checked again right before
- * the unlink, so a lock that was just re-created by someone else is left alone (a narrow
- * window remains between that check and the unlink).
- */
-async function removeIfStale(lockPath: string): Promise<boolean> {
-  let st: Stats;
-  let content: string;
-  try {
-    st = await fsp.stat(lockPath);
-    content = await fsp.readFile(lockPath, 'utf8');
-  } catch (err) {
-    return isErrno(err, 'ENOENT'); // released meanwhile: try again at once
-  }
-  const age = Date.now() - st.mtimeMs;
-  const pid = Number.parseInt(content.trim(), 10);
-  let dead = false;
-  if (Number.isInteger(pid) && pid > 0 && pid !== process.pid) {
-    try {
-      process.kill(pid, 0);
-    } catch (err) {
-      dead = isErrno(err, 'ESRCH');
-    }
-  }
-  if (!((dead && age > LOCK_DEAD_HOLDER_MS) || age > LOCK_MAX_AGE_MS)) return false;
-  try {
-    const again = await fsp.stat(lockPath);
-    if (again.ino !== st.ino || again.mtimeMs !== st.mtimeMs) return false;
-    await fsp.unlink(lockPath);
-    return true;
-  } catch (err) {
-    return isErrno(err, 'ENOENT');
-  }
+function toUserDbError(err: unknown): UserDbError {
+  if (err instanceof FileUpdateError) return new UserDbError(err.code, err.message);
+  return ioError('cannot update the users file', err);
 }

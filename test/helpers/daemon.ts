@@ -9,7 +9,7 @@ import { freePort } from './ports.js';
 export interface Daemon {
   dir: string;
   configFile: string;
-  ports: { smtp: number; imap: number; imaps: number };
+  ports: { smtp: number; submission: number; submissions: number; imap: number; imaps: number };
   child: ChildProcess;
   stdout: () => string;
   stderr: () => string;
@@ -21,12 +21,12 @@ export interface Daemon {
 
 export async function startDaemon(extraToml = ''): Promise<Daemon> {
   const dir = await mkdtemp(path.join(os.tmpdir(), 'onionpost-daemon-'));
-  const ports = { smtp: await freePort(), imap: await freePort(), imaps: await freePort() };
+  const ports = { smtp: await freePort(), submission: await freePort(), submissions: await freePort(), imap: await freePort(), imaps: await freePort() };
   const configFile = path.join(dir, 'onionpost.toml');
   await writeFile(
     configFile,
     `data_dir = "data"\ndomain = "localhost"\n${extraToml}\n` +
-      `[smtp]\nport = ${ports.smtp}\n[imap]\nport = ${ports.imap}\ntls_port = ${ports.imaps}\n[log]\nlevel = "warn"\n`,
+      `[smtp]\nport = ${ports.smtp}\n[submission]\nport = ${ports.submission}\ntls_port = ${ports.submissions}\n[imap]\nport = ${ports.imap}\ntls_port = ${ports.imaps}\n[log]\nlevel = "warn"\n`,
   );
   const child = spawn(process.execPath, [BIN, '--config', configFile, 'start'], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';
