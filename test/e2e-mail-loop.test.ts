@@ -74,10 +74,11 @@ describe('mail loop end to end (real daemon, real clients)', () => {
     try {
       const raw = message('Hello from swaks', 'Grüße aus dem Onionland.\r\n.leading dot line\r\nend');
       const file = path.join(d.dir, 'msg.eml');
-      await writeFile(file, raw);
+      // swaks always adds CRLF before the final dot, so give it the message without its last CRLF.
+      await writeFile(file, raw.subarray(0, raw.length - 2));
       const exists = new Promise<number>((resolve) => imap.once('exists', (ev: { count: number }) => resolve(ev.count)));
-      // imapflow IDLEs by itself while the connection is otherwise unused.
-      await new Promise((r) => setTimeout(r, 300));
+      void imap.idle(); // imapflow does not IDLE by itself while a mailbox lock is held
+      await new Promise((r) => setTimeout(r, 100));
       const sent = await run('swaks', [
         '--server', '127.0.0.1', '--port', String(d.ports.smtp),
         '--from', 'bob@example.onion', '--to', 'alice@localhost',
@@ -105,7 +106,8 @@ describe('mail loop end to end (real daemon, real clients)', () => {
     try {
       const timings: number[] = [];
       for (let i = 0; i < 5; i++) {
-        await new Promise((r) => setTimeout(r, 250)); // let imapflow enter IDLE again
+        void imap.idle();
+        await new Promise((r) => setTimeout(r, 100)); // let the IDLE command reach the server
         let exists = 0;
         const seen = new Promise<void>((resolve) =>
           imap.once('exists', () => {

@@ -256,6 +256,19 @@ describe('imap server over a real MaildirStore', () => {
       }
     });
 
+    it('APPEND over the size limit is refused before the literal is sent', async () => {
+      const wire = await ImapWire.connect(port);
+      try {
+        await wire.readLine();
+        await wire.command(`LOGIN ${USER} "${PASSWORD}"`);
+        wire.write(`A1 APPEND INBOX {${DEFAULT_MAX_MESSAGE + 1}}\r\n`);
+        assert.match(await wire.readLine(), /^A1 NO \[TOOBIG\]/);
+        assert.match((await wire.command('NOOP')).tagged, /^W2 OK/);
+      } finally {
+        wire.close();
+      }
+    });
+
     it('wrong passwords get NO [AUTHENTICATIONFAILED]; both login forms work', async () => {
       const wire = await ImapWire.connect(port);
       try {

@@ -8,6 +8,7 @@ import { CliError, type CliContext, type CliIO, type CommandGroup } from './comm
 const COMMANDS: Record<string, { summary: string; load: () => Promise<{ default: CommandGroup }> }> = {
   start: { summary: 'run the mail server in the foreground', load: () => import('./start.js') },
   user: { summary: 'manage users: user add|passwd|del|list', load: () => import('./user.js') },
+  alias: { summary: 'manage aliases: alias add|del|list', load: () => import('./alias.js') },
 };
 
 export const USAGE = `usage: onionpost [--config FILE] <command> [arguments]

@@ -6,6 +6,7 @@
  *     root:       alice
  *     info:       alice, bob,
  *                 carol@other.onion          <- a line starting with white space continues
+ *                                               (a line break separates targets too)
  *     sales@mail.example: dora                  (only in that one of our domains)
  *     alice.backup: \alice, alice@backup.onion  <- "\name": the user, never an alias
  *
@@ -227,7 +228,10 @@ export function parseAliases(text: string, localDomains: readonly string[] = [])
     }
     const colon = first.indexOf(':');
     const key = first.slice(0, colon).trim().toLowerCase();
-    const value = [first.slice(colon + 1), ...g.raw.slice(1).map(stripCr).filter((l) => !l.trimStart().startsWith('#'))].join(' ');
+    // A line break separates targets like a comma; "#" after white space starts a comment.
+    const value = [first.slice(colon + 1), ...g.raw.slice(1).map(stripCr).filter((l) => !l.trimStart().startsWith('#'))]
+      .map(stripInlineComment)
+      .join(',');
     const keep = (message: string) => {
       problems.push({ line: g.lineNo, message });
       for (let i = 0; i < g.raw.length; i++) lines.push({ kind: 'text', lineNo: g.lineNo + i, raw: g.raw[i]! });
@@ -259,6 +263,18 @@ export function parseAliases(text: string, localDomains: readonly string[] = [])
 function isEntryStart(raw: string): boolean {
   const body = stripCr(raw);
   return body.trim() !== '' && !/^[ \t]/.test(body) && !body.startsWith('#') && body.includes(':');
+}
+
+/** Cuts " # comment" (a '#' after white space, outside double quotes) off a line. */
+function stripInlineComment(line: string): string {
+  let quoted = false;
+  for (let i = 0; i < line.length; i++) {
+    const ch = line[i]!;
+    if (ch === '\\' && quoted) i++;
+    else if (ch === '"') quoted = !quoted;
+    else if (ch === '#' && !quoted && (i === 0 || /\s/.test(line[i - 1]!))) return line.slice(0, i);
+  }
+  return line;
 }
 
 function stripCr(s: string): string {
