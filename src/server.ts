@@ -2,8 +2,10 @@
  * Composition root: builds the store, users, SMTP and IMAP listeners from a Config and
  * starts, stops and reloads them. Nothing else wires modules together.
  */
-import { mkdir } from 'node:fs/promises';
+import { mkdir, readdir } from 'node:fs/promises';
 import type { AddressInfo } from 'node:net';
+import path from 'node:path';
+import { loadConfig } from './config/load.js';
 import type { Config } from './config/types.js';
 import { OutboundQueue } from './delivery/queue.js';
 import { createImapServer } from './imap/imap-server.js';
@@ -15,7 +17,8 @@ import { createSubmissionServer } from './smtp/submission-server.js';
 import { expandMaildirTemplate } from './store/maildir-location.js';
 import { MaildirStore } from './store/maildir/maildir-store.js';
 import type { MailStore } from './store/types.js';
-import { ensureCertificate } from './tls/certificate.js';
+import { ensureCertificate, type CertificateMaterial } from './tls/certificate.js';
+import { OnionPublisher, onionKeyDir, onionPortMap, readOnionKey, type OnionStatus } from './tor/onion-service.js';
 import { AliasDb } from './users/aliases.js';
 import { RecipientResolver } from './users/recipients.js';
 import { UserDb } from './users/user-db.js';
@@ -31,6 +34,33 @@ interface Listener {
   listen(port: number, host: string): Promise<void>;
   close(): Promise<void>;
   address(): AddressInfo | string | null;
+  /** New certificate for new TLS handshakes (SIGHUP). */
+  updateTls?(tls: { key: Buffer | string; cert: Buffer | string }): void;
+  /** Open connections, when the listener can tell. */
+  connectionCount?(): number;
+}
+
+/** What `onionpost status` shows (through the daemon's status socket). */
+export interface ServerStatus {
+  pid: number;
+  startedAt: number;
+  domain: string;
+  dataDir: string;
+  config: string | null;
+  listeners: Array<Listening & { connections: number | null }>;
+  onion: OnionStatus | null;
+  users: number;
+  /** Outbound queue entries. */
+  queue: number | null;
+  lastReload: { at: number; ok: boolean; message: string } | null;
+}
+
+export interface ReloadResult {
+  ok: boolean;
+  /** What was applied, and what changed but needs a restart. */
+  applied: string[];
+  needsRestart: string[];
+  errors: string[];
 }
 
 export class OnionpostServer {
@@ -40,10 +70,15 @@ export class OnionpostServer {
   readonly queue: OutboundQueue;
   private readonly ensured = new Map<string, Promise<void>>();
   private readonly listeners: Array<{ name: Listening['name']; description: string; server: Listener; host: string; port: number }> = [];
+  private readonly listening: Listening[] = [];
   private started = false;
+  private startedAt = 0;
+  private onion: OnionPublisher | null = null;
+  private lastReload: ServerStatus['lastReload'] = null;
 
   constructor(
-    readonly config: Config,
+    /** The running config; SIGHUP replaces the parts that can change without a restart. */
+    public config: Config,
     private readonly logger: Logger,
   ) {
     this.users = new UserDb(config.users.file, { localDomains: config.localDomains, logger });
@@ -70,16 +105,28 @@ export class OnionpostServer {
     return p;
   }
 
-  async start(): Promise<Listening[]> {
-    const { config, logger } = this;
-    await mkdir(config.dataDir, { recursive: true, mode: 0o700 });
+  /** The certificate of `config` (generated when not configured and missing). */
+  private async loadTls(config: Config): Promise<CertificateMaterial> {
     const tls = await ensureCertificate({
       certFile: config.tls.cert,
       keyFile: config.tls.key,
-      domain: config.domain,
+      domain: this.config.domain,
       generate: !config.tls.configured,
+      logger: this.logger,
     });
-    if (tls.generated) logger.info({ cert: config.tls.cert }, 'generated a self-signed certificate');
+    if (tls.generated) this.logger.info({ cert: config.tls.cert }, 'generated a self-signed certificate');
+    return tls;
+  }
+
+  /**
+   * Binds every listener, calls `afterListen` (the privilege drop happens there), then
+   * publishes the onion service when the data dir has its key (waits up to `onionWaitMs` for
+   * the first attempt; later attempts continue in the background).
+   */
+  async start(options: { afterListen?: () => void; onionWaitMs?: number } = {}): Promise<Listening[]> {
+    const { config, logger } = this;
+    await mkdir(config.dataDir, { recursive: true, mode: 0o700 });
+    const tls = await this.loadTls(config);
 
     await this.queue.open();
     const resolver = new RecipientResolver({
@@ -172,19 +219,125 @@ export class OnionpostServer {
         result.push({ name: l.name, description: l.description, host: l.host, port });
         logger.info({ listener: l.name, host: l.host, port }, 'listening');
       }
+      options.afterListen?.();
+      this.started = true;
+      this.startedAt = Date.now();
+      this.listening.push(...result);
+      await this.startOnion(options.onionWaitMs ?? 5000);
     } catch (err) {
       await this.stop();
       throw err;
     }
-    this.started = true;
     return result;
   }
 
-  /** Re-reads what can change without a restart (users and aliases now; config and certificates later). */
-  async reload(): Promise<void> {
+  /** Publishes `<data_dir>/onion/` through Tor's control port, if there is a key and a control port. */
+  private async startOnion(waitMs: number): Promise<void> {
+    const { config, logger } = this;
+    const key = await readOnionKey(onionKeyDir(config.dataDir));
+    if (!key) return;
+    if (!config.tor.control) {
+      logger.warn({ onion: key.hostname }, 'onion: the data dir has an onion key but [tor] control is empty; not publishing it (a torrc HiddenServiceDir must do it)');
+      return;
+    }
+    if (key.hostname !== config.domain && !config.localDomains.includes(key.hostname)) {
+      logger.warn({ onion: key.hostname, domain: config.domain }, 'onion: the onion in the data dir is not one of our domains; mail to it will be refused (run onionpost init to set the domain)');
+    }
+    this.onion = new OnionPublisher({
+      control: config.tor.control,
+      auth: { password: config.tor.controlPassword || null, cookieFile: config.tor.cookieFile },
+      key,
+      ports: onionPortMap(this.listening),
+      logger,
+    });
+    await this.onion.start(waitMs);
+  }
+
+  onionStatus(): OnionStatus | null {
+    return this.onion?.state() ?? null;
+  }
+
+  async status(): Promise<ServerStatus> {
+    let queue: number | null = null;
+    try {
+      queue = (await readdir(path.join(this.config.queue.dir, 'entries'))).filter((n) => !n.startsWith('.')).length;
+    } catch {
+      queue = null;
+    }
+    const counts = new Map(this.listeners.map((l) => [l.name, l.server.connectionCount?.() ?? null]));
+    return {
+      pid: process.pid,
+      startedAt: this.startedAt,
+      domain: this.config.domain,
+      dataDir: this.config.dataDir,
+      config: this.config.file,
+      listeners: this.listening.map((l) => ({ ...l, connections: counts.get(l.name) ?? null })),
+      onion: this.onionStatus(),
+      users: this.users.list().length,
+      queue,
+      lastReload: this.lastReload,
+    };
+  }
+
+  /**
+   * SIGHUP: re-reads the config file, users, aliases and the certificate, without dropping a
+   * connection. Applied at once: users and aliases; the certificate (new TLS handshakes use
+   * it; sessions already encrypted keep theirs), also from new tls.cert/tls.key paths; the
+   * [tor] settings (the onion is published again through the new control port). Everything
+   * else (listeners, domain, paths, limits, log level, daemon user) is logged as "needs a
+   * restart" and keeps its running value. An invalid config file changes nothing but users,
+   * aliases and the certificate files, and is logged as an error.
+   */
+  async reload(): Promise<ReloadResult> {
+    const { logger } = this;
+    const result: ReloadResult = { ok: true, applied: [], needsRestart: [], errors: [] };
+    let next = this.config;
+    if (this.config.file) {
+      try {
+        next = loadConfig(this.config.file);
+        result.applied.push('config file');
+      } catch (err) {
+        result.errors.push(`config: ${(err as Error).message}`);
+      }
+    }
+    const section = (c: Config, k: keyof Config): string => JSON.stringify(c[k]);
+    for (const k of Object.keys(next) as Array<keyof Config>) {
+      if (k === 'tls' || k === 'tor' || k === 'file') continue;
+      if (section(next, k) !== section(this.config, k)) result.needsRestart.push(k);
+    }
+
     this.users.reload();
     this.aliases.reload();
-    this.logger.info('reloaded');
+    result.applied.push('users', 'aliases');
+
+    try {
+      const tls = await this.loadTls(next);
+      for (const l of this.listeners) l.server.updateTls?.({ key: tls.key, cert: tls.cert });
+      result.applied.push('certificate');
+    } catch (err) {
+      next = { ...next, tls: this.config.tls };
+      result.errors.push(`certificate: ${(err as Error).message} (keeping the certificate in use)`);
+    }
+
+    if (section(next, 'tor') !== section(this.config, 'tor')) {
+      if (this.onion && next.tor.control) {
+        await this.onion.update({
+          control: next.tor.control,
+          auth: { password: next.tor.controlPassword || null, cookieFile: next.tor.cookieFile },
+          ports: onionPortMap(this.listening),
+        });
+        result.applied.push('tor');
+      } else result.needsRestart.push('tor');
+    }
+
+    this.config = { ...this.config, tls: next.tls, tor: this.onion || !next.tor.control ? next.tor : this.config.tor };
+    result.ok = result.errors.length === 0;
+    const message = result.ok ? `reloaded ${result.applied.join(', ')}` : result.errors.join('; ');
+    this.lastReload = { at: Date.now(), ok: result.ok, message };
+    if (result.ok) logger.info({ applied: result.applied, needsRestart: result.needsRestart }, 'reloaded');
+    else logger.error({ errors: result.errors, applied: result.applied }, 'reload: errors; the running settings stay for those parts');
+    if (result.needsRestart.length > 0) logger.warn({ sections: result.needsRestart }, 'reload: these settings changed and take effect at the next restart');
+    return result;
   }
 
   /** Stops accepting, lets transactions in flight finish, says BYE to IMAP clients. */
@@ -193,6 +346,9 @@ export class OnionpostServer {
       l.server.close().catch((err: unknown) => this.logger.warn({ err, listener: l.name }, 'error while closing')),
     );
     await Promise.all(closing);
+    // After the listeners: removing the onion would cut the circuits of transactions in flight.
+    await this.onion?.stop();
+    this.onion = null;
     await this.store.close();
     if (this.started) this.logger.info('stopped');
     this.started = false;

@@ -11,6 +11,8 @@ export interface CliContext {
   io: CliIO;
   /** Loads the file given with --config (or the embedded default); throws ConfigError. */
   config(): Config;
+  /** The config file in use: --config FILE, $ONIONPOST_CONFIG, or ./onionpost.toml if it exists; null: the embedded default. */
+  configFile(): string | null;
 }
 
 /**

@@ -8,7 +8,10 @@ import { CliError, type CliContext, type CliIO, type CommandGroup } from './comm
 const COMMANDS: Record<string, { summary: string; load: () => Promise<{ default: CommandGroup }> }> = {
   start: { summary: 'run the mail server in the foreground', load: () => import('./start.js') },
   user: { summary: 'manage users: user add|passwd|del|list', load: () => import('./user.js') },
+  init: { summary: 'set up: config file, data dir, certificate, onion service', load: () => import('./init.js') },
   alias: { summary: 'manage aliases: alias add|del|list', load: () => import('./alias.js') },
+  check: { summary: 'validate the config and print the effective settings', load: () => import('./check.js') },
+  status: { summary: 'show whether the daemon runs: listeners, onion, users, queue', load: () => import('./status.js') },
 };
 
 export const USAGE = `usage: onionpost [--config FILE] <command> [arguments]
@@ -68,6 +71,7 @@ export async function run(argv: string[], io: CliIO = process): Promise<number> 
     const ctx: CliContext = {
       io,
       config: () => (cached ??= loadConfig(findConfigFile(configFile, process.cwd()))),
+      configFile: () => findConfigFile(configFile, process.cwd()),
     };
     const group = (await entry.load()).default;
     return await group(args, ctx);

@@ -4,6 +4,7 @@ import { isIP } from 'node:net';
 import path from 'node:path';
 import { parse as parseToml, TomlError } from 'smol-toml';
 import { KEYS, type KeyKind, type KeySpec } from './schema.js';
+import { parseControlAddress, type ControlAddress } from './tor-address.js';
 import type { Config, LogLevel } from './types.js';
 
 export class ConfigError extends Error {
@@ -14,7 +15,7 @@ export class ConfigError extends Error {
   }
 }
 
-type Value = string | number | boolean | string[];
+export type Value = string | number | boolean | string[];
 type TomlTable = { [key: string]: unknown };
 
 const DOMAIN_RE = /^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$/;
@@ -119,6 +120,14 @@ function flatten(where: string, doc: TomlTable): Map<string, unknown> {
  * relative paths resolved against `baseDir` (the current directory).
  */
 export function loadConfig(file: string | null, baseDir: string = process.cwd()): Config {
+  return loadConfigDetailed(file, baseDir).config;
+}
+
+/** loadConfig plus every key's validated value and which keys the file set (`onionpost check`). */
+export function loadConfigDetailed(
+  file: string | null,
+  baseDir: string = process.cwd(),
+): { config: Config; values: ReadonlyMap<string, Value>; given: ReadonlySet<string> } {
   let doc: TomlTable = {};
   let where = 'embedded default config';
   let base = baseDir;
@@ -181,7 +190,7 @@ export function loadConfig(file: string | null, baseDir: string = process.cwd())
     }
   }
 
-  return {
+  const config: Config = {
     file: absFile,
     dataDir,
     domain,
@@ -218,5 +227,21 @@ export function loadConfig(file: string | null, baseDir: string = process.cwd())
     queue: { dir: inData('queue') },
     store: { type: 'maildir', maildir: str('store.maildir') },
     log: { level: str('log.level') as LogLevel },
+    tor: {
+      control: torControl(where, str('tor.control')),
+      controlPassword: str('tor.control_password'),
+      cookieFile: str('tor.cookie_file') !== '' ? path.resolve(base, str('tor.cookie_file')) : null,
+    },
+    daemon: { user: str('daemon.user').trim() || null, group: str('daemon.group').trim() || null },
   };
+  return { config, values, given: new Set(given.keys()) };
+}
+
+function torControl(where: string, text: string): ControlAddress | null {
+  if (text.trim() === '') return null;
+  try {
+    return parseControlAddress(text);
+  } catch (err) {
+    throw new ConfigError(`${where}: key "tor.control": ${(err as Error).message}; or "" to never use Tor's control port`);
+  }
 }

@@ -50,4 +50,9 @@ export const KEYS: readonly KeySpec[] = [
   { key: 'store.type', kind: { type: 'enum', values: ['maildir'] }, default: 'maildir' },
   { key: 'store.maildir', kind: { type: 'string' }, default: 'mail/%u' },
   { key: 'log.level', kind: { type: 'enum', values: LOG_LEVELS }, default: 'info' },
+  { key: 'tor.control', kind: { type: 'string', allowEmpty: true }, default: '127.0.0.1:9051' },
+  { key: 'tor.control_password', kind: { type: 'string', allowEmpty: true }, default: '' },
+  { key: 'tor.cookie_file', kind: { type: 'string', allowEmpty: true }, default: '' },
+  { key: 'daemon.user', kind: { type: 'string', allowEmpty: true }, default: '' },
+  { key: 'daemon.group', kind: { type: 'string', allowEmpty: true }, default: '' },
 ];

@@ -1,4 +1,6 @@
 /** The validated, typed configuration. Produced only by config/load.ts. */
+import type { ControlAddress } from './tor-address.js';
+
 export type LogLevel = 'trace' | 'debug' | 'info' | 'warn' | 'error' | 'fatal' | 'silent';
 
 export interface ListenerConfig {
@@ -76,5 +78,19 @@ export interface Config {
   };
   log: {
     level: LogLevel;
+  };
+  tor: {
+    /** Tor's control port (onion service at init and at each start); null: never use it. */
+    control: ControlAddress | null;
+    /** HashedControlPassword's password; empty: cookie or no authentication. */
+    controlPassword: string;
+    /** Cookie file to read instead of the one Tor names (absolute); null: Tor's. */
+    cookieFile: string | null;
+  };
+  daemon: {
+    /** When started as root: switch to this user (name or uid) after binding; null: stay. */
+    user: string | null;
+    /** Group (name or gid); null: the user's primary group. */
+    group: string | null;
   };
 }

@@ -84,7 +84,9 @@ function adjustConnection(connection: Connection, hooks: OnionSmtpHooks): void {
   connection._onCommand = (command, callback) => {
     // The library's own checks come first while it must stay silent (TLS handshake in
     // progress, greeting not sent yet, server shutting down).
-    if (!command || !connection._ready || connection._upgrading || connection._server._closeTimeout) {
+    // An AUTH continuation line (base64) goes to the SASL handler whatever it contains:
+    // answering it here would leave that handler waiting for the line it expects.
+    if (!command || !connection._ready || connection._upgrading || connection._server._closeTimeout || connection._nextHandler) {
       onCommand(command, callback);
       return;
     }

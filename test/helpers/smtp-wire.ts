@@ -19,7 +19,7 @@ export class SmtpWire {
   private waiters: Array<() => void> = [];
   private ended = false;
 
-  private constructor(socket: net.Socket) {
+  private constructor(socket: net.Socket | tls.TLSSocket) {
     this.socket = socket;
     this.attach(socket);
   }
@@ -27,6 +27,17 @@ export class SmtpWire {
   static connect(port: number, host = '127.0.0.1'): Promise<SmtpWire> {
     return new Promise((resolve, reject) => {
       const socket = net.connect(port, host, () => {
+        socket.off('error', reject);
+        resolve(new SmtpWire(socket));
+      });
+      socket.once('error', reject);
+    });
+  }
+
+  /** Connects with implicit TLS (port 465 role). */
+  static connectTls(port: number, options: tls.ConnectionOptions, host = '127.0.0.1'): Promise<SmtpWire> {
+    return new Promise((resolve, reject) => {
+      const socket = tls.connect({ port, host, ...options }, () => {
         socket.off('error', reject);
         resolve(new SmtpWire(socket));
       });

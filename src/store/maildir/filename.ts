@@ -95,7 +95,9 @@ class BaseNameGenerator {
     }
     this.lastSec = sec;
     this.lastUsec = usec;
-    return `${sec}.M${usec}P${process.pid}.${HOST_TOKEN},S=${size},W=${vsize}`;
+    // usec zero-padded: names of one process then sort in delivery order (Dovecot does not
+    // pad; both parse the same).
+    return `${sec}.M${String(usec).padStart(6, '0')}P${process.pid}.${HOST_TOKEN},S=${size},W=${vsize}`;
   }
 }
 
