@@ -44,6 +44,15 @@ describe('config', () => {
     assert.equal(c.users.file, path.resolve('/srv/x/data/users.passwd'));
     assert.equal(c.tls.configured, false);
     assert.equal(c.smtp.maxMessageSize, 25 * 1024 * 1024);
+    assert.deepEqual(c.submission, {
+      starttls: { host: '127.0.0.1', port: 2587 },
+      tls: { host: '127.0.0.1', port: 2465 },
+      allowPlaintextLoopback: true,
+    });
+    assert.deepEqual(c.relay, { openToOnion: false, onionRatePerMinute: 60, clearnet: false });
+    assert.equal(c.users.aliases, path.resolve('/srv/x/data/aliases'));
+    assert.equal(c.users.postmaster, null);
+    assert.equal(c.queue.dir, path.resolve('/srv/x/data/queue'));
   });
 
   it('relative paths resolve against the config file folder; domains are lower-cased', async () => {
@@ -65,6 +74,11 @@ describe('config', () => {
     ['[imap]\nport = 2525\n', /"smtp\.port" and "imap\.port" both use port 2525/],
     ['[tls]\ncert = "c.pem"\n', /"tls\.cert" and "tls\.key" go together/],
     ['domain = \n', /not valid TOML/],
+    ['[submission]\nallow_plaintext_loopback = "yes"\n', /key "submission\.allow_plaintext_loopback": value "yes" is not allowed: expected true or false/],
+    ['[submission]\nport = 2525\n', /"smtp\.port" and "submission\.port" both use port 2525/],
+    ['[submission]\ntls_port = 2143\n', /"submission\.tls_port" and "imap\.port" both use port 2143/],
+    ['[relay]\nonion_rate = 0\n', /key "relay\.onion_rate": value 0 is not allowed: expected an integer from 1/],
+    ['[relay]\nclearnet = 1\n', /key "relay\.clearnet".*expected true or false/],
   ];
   for (const [text, re] of bad) {
     it(`rejects ${JSON.stringify(text)}`, async () => {

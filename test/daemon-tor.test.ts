@@ -64,6 +64,19 @@ async function stopD(d: Running): Promise<number | null> {
   return d.exited;
 }
 
+/** greeting() retried while the onion's descriptor is not published yet (SOCKS f0, for a few seconds after ADD_ONION). */
+async function greetingWhenUp(socksPort: number, host: string, port: number, pattern: RegExp, timeoutMs = 40_000): Promise<string> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    try {
+      return await greeting(socksPort, host, port, pattern);
+    } catch (err) {
+      if (Date.now() > deadline) throw err;
+      await new Promise((r) => setTimeout(r, 500));
+    }
+  }
+}
+
 /** Reads through Tor until `pattern` shows up; returns what it read. */
 async function greeting(socksPort: number, host: string, port: number, pattern: RegExp): Promise<string> {
   const sock = await openTorConnection({ socks: { host: '127.0.0.1', port: socksPort }, host, port, timeoutMs: 30_000, isolationKey: randomBytes(4).toString('hex') });
@@ -149,8 +162,15 @@ describe('init and start with a real Tor control port (private Tor network)', { 
     const t0 = Date.now();
     const d = await startD(configFile);
     daemons.push(d);
+    try {
+      await startedAndPublished(d, t0);
+    } finally {
+      await stopD(d);
+    }
+  });
+  const startedAndPublished = async (d: Running, t0: number): Promise<void> => {
     assert.match(d.out(), new RegExp(`onion +${onion} published through Tor`));
-    const smtp = await greeting(tor!.socksPort, onion, 25, /^220 .*\r\n/);
+    const smtp = await greetingWhenUp(tor!.socksPort, onion, 25, /^220 .*\r\n/);
     const tFirst = Date.now() - t0;
     assert.match(smtp, new RegExp(`^220 ${onion} `));
     const imap = await greeting(tor!.socksPort, onion, 143, /^\* OK .*\r\n/);
@@ -172,7 +192,7 @@ describe('init and start with a real Tor control port (private Tor network)', { 
     } finally {
       c.close();
     }
-  });
+  };
 
   it('Tor unreachable at start: the daemon runs, says so loudly, and publishes once Tor is back; a lost control connection is re-made', async () => {
     // A TCP relay in front of the control port: off at first, then on, then its connections cut.
@@ -181,6 +201,13 @@ describe('init and start with a real Tor control port (private Tor network)', { 
     await writeFile(configFile, text.replace(/^control = .*$/m, `control = "127.0.0.1:${relayPort}"`));
     const d = await startD(configFile);
     daemons.push(d);
+    try {
+      await unreachableThenBack(d, relayPort);
+    } finally {
+      await stopD(d);
+    }
+  });
+  const unreachableThenBack = async (d: Running, relayPort: number): Promise<void> => {
     assert.match(d.out(), new RegExp(`onion +${onion} NOT published: no Tor control port at 127\\.0\\.0\\.1:${relayPort} \\(ECONNREFUSED\\).*retrying in the background`));
     assert.match(d.err(), /cannot publish .* retrying in the background/);
 
@@ -192,19 +219,23 @@ describe('init and start with a real Tor control port (private Tor network)', { 
       a.pipe(b).pipe(a);
       a.on('error', () => b.destroy());
       b.on('error', () => a.destroy());
+      a.on('close', () => b.destroy());
+      b.on('close', () => a.destroy());
     });
     proxies.push(relay);
     await new Promise<void>((resolve) => relay.listen(relayPort, '127.0.0.1', () => resolve()));
     const tUp = Date.now();
     await waitFor('published after Tor came back', async () => ((await runCli(['--config', configFile, 'status'])).stdout.includes('published through Tor') ? true : null), 15_000);
     process.stderr.write(`# control port back -> onion published: ${Date.now() - tUp} ms\n`);
-    assert.match(await greeting(tor!.socksPort, onion, 25, /^220 .*\r\n/), new RegExp(`^220 ${onion} `));
+    assert.match(await greetingWhenUp(tor!.socksPort, onion, 25, /^220 .*\r\n/), new RegExp(`^220 ${onion} `));
 
     for (const s of links) s.destroy();
     await waitFor('lost connection noticed', async () => (/control connection lost/.test(d.err()) ? true : null), 5000);
-    await waitFor('published again', async () => ((await runCli(['--config', configFile, 'status'])).stdout.includes('published through Tor') ? true : null), 15_000);
+    await waitFor('published again', async () => ((await runCli(['--config', configFile, 'status'])).stdout.includes('published through Tor') ? true : null), 15_000).catch((err: Error) => {
+      throw new Error(`${err.message}\n${d.err()}`);
+    });
     assert.equal(await stopD(d), 0, d.err());
-  });
+  };
 
   it('init with a cookie Tor did not write fails with a clear message and exit 69, and creates no key', async () => {
     const cfg = await writeConfig(path.join(dir, 'b'), '');

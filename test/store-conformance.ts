@@ -558,5 +558,60 @@ export function runStoreConformance(name: string, makeStore: () => Promise<Store
         assert.equal(events.length, 0, 'no change, no event');
       });
     });
+
+    // ---------------------------------------------------------------- cache slot, quota
+
+    describe('message cache slot', () => {
+      it('is kept per message, returned only when asked for, ignores unknown UIDs', async () => {
+        const a = await store.append(USER, 'INBOX', message('slot a'));
+        const b = await store.append(USER, 'INBOX', message('slot b'));
+        await store.setMessageCache(a.mailboxId, [
+          { uid: a.uid, cache: '{"x":1}' },
+          { uid: 999, cache: 'nobody' },
+        ]);
+        const [ma, mb] = await store.getMessages(a.mailboxId, [a.uid, b.uid], { cache: true });
+        assert.equal(ma.cache, '{"x":1}');
+        assert.equal(mb.cache, undefined);
+        const [plain] = await store.getMessages(a.mailboxId, [a.uid]);
+        assert.equal(plain.cache, undefined, 'not returned unless asked for');
+        await store.setMessageCache(a.mailboxId, [{ uid: a.uid, cache: '{"x":2}' }]);
+        assert.equal((await store.getMessages(a.mailboxId, [a.uid], { cache: true }))[0].cache, '{"x":2}');
+      });
+
+      it('is filled by the builder at append, travels with COPY and MOVE, goes with EXPUNGE', async () => {
+        const seen: number[] = [];
+        store.setMessageCacheBuilder((raw) => {
+          seen.push(raw.length);
+          return `len=${raw.length}`;
+        });
+        const raw = message('built');
+        const a = await store.append(USER, 'INBOX', raw, { flags: ['\\Deleted'] });
+        assert.deepEqual(seen, [raw.length]);
+        assert.equal((await store.getMessages(a.mailboxId, [a.uid], { cache: true }))[0].cache, `len=${raw.length}`);
+        const copy = await store.copyMessages(a.mailboxId, [a.uid], 'Archive');
+        const archive = await open('Archive');
+        assert.equal((await store.getMessages(archive.id, copy.destinationUids, { cache: true }))[0].cache, `len=${raw.length}`);
+        const moved = await store.moveMessages(archive.id, copy.destinationUids, 'Trash');
+        const trash = await open('Trash');
+        assert.equal((await store.getMessages(trash.id, moved.destinationUids, { cache: true }))[0].cache, `len=${raw.length}`);
+        await store.expunge(a.mailboxId, [a.uid]);
+        assert.deepEqual(await store.getMessages(a.mailboxId, [a.uid], { cache: true }), []);
+        store.setMessageCacheBuilder(null);
+        const b = await store.append(USER, 'INBOX', message('not built'));
+        assert.equal((await store.getMessages(b.mailboxId, [b.uid], { cache: true }))[0].cache, undefined);
+        assert.equal(seen.length, 1);
+      });
+    });
+
+    describe('quota', () => {
+      it('reports the usage; no limit unless configured', async () => {
+        await store.append(USER, 'INBOX', message('q1'));
+        await store.append(USER, 'Sent', message('q2'));
+        const q = await store.quota(USER);
+        assert.equal(q.used, await store.usage(USER));
+        assert.ok(q.used > 0);
+        assert.equal(q.limit, null);
+      });
+    });
   });
 }

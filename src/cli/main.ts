@@ -12,13 +12,14 @@ const COMMANDS: Record<string, { summary: string; load: () => Promise<{ default:
   alias: { summary: 'manage aliases: alias add|del|list', load: () => import('./alias.js') },
   check: { summary: 'validate the config and print the effective settings', load: () => import('./check.js') },
   status: { summary: 'show whether the daemon runs: listeners, onion, users, queue', load: () => import('./status.js') },
+  'client-config': { summary: 'print mutt, Thunderbird and mbsync settings for a user', load: () => import('./client-config.js') },
 };
 
 export const USAGE = `usage: onionpost [--config FILE] <command> [arguments]
 
 commands:
 ${Object.entries(COMMANDS)
-  .map(([name, c]) => `  ${name.padEnd(10)} ${c.summary}`)
+  .map(([name, c]) => `  ${name.padEnd(14)} ${c.summary}`)
   .join('\n')}
 
 The config file is, in this order: --config FILE, $ONIONPOST_CONFIG, ./onionpost.toml if it

@@ -9,8 +9,8 @@
  *     tmp/                      entries being written or removed; never read as entries
  *
  * Durability: enqueue() writes both files into `tmp/<id>.<random>/`, fsyncs each file and
- * that directory, renames the directory to `entries/<id>` and fsyncs `entries/` (and `tmp/`)
- * before it resolves, so an SMTP 250 is only sent for a message that survives a crash, and a
+ * that directory, renames the directory to `entries/<id>` and fsyncs `entries/` before it
+ * resolves, so an SMTP 250 is only sent for a message that survives a crash, and a
  * half-written entry is never visible under `entries/` (the rename is atomic). update()
  * replaces state.json the same way (temp file, fsync, rename, directory fsync). remove()
  * first renames the entry into `tmp/` (it disappears atomically), then deletes it.
@@ -173,8 +173,9 @@ export class OutboundQueue {
     const final = path.join(this.entriesDir, id);
     try {
       await fsp.mkdir(work, { mode: 0o700 });
-      await writeDurably(path.join(work, MESSAGE), input.raw);
-      await writeDurably(path.join(work, STATE), serialize(entry));
+      // Both files at once: their fsyncs run in parallel on libuv's thread pool.
+      const written = await Promise.allSettled([writeDurably(path.join(work, MESSAGE), input.raw), writeDurably(path.join(work, STATE), serialize(entry))]);
+      for (const w of written) if (w.status === 'rejected') throw w.reason;
       await fsyncDir(work);
       try {
         await fsp.access(final);
@@ -188,8 +189,9 @@ export class OutboundQueue {
       if (err instanceof QueueError) throw err;
       throw new QueueError('io', `cannot write queue entry ${id}: ${(err as Error).message}`);
     }
+    // The rename's durability: fsync of the directory it landed in (tmp/ needs none: after a
+    // crash an entry is either still under tmp/, and cleaned up, or in entries/).
     await fsyncDir(this.entriesDir, true);
-    await fsyncDir(this.tmpDir);
     this.logger?.debug({ id, recipients: recipients.length, size: entry.size }, 'queued');
     return entry;
   }

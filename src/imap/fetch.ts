@@ -1,13 +1,17 @@
 /**
- * FETCH. Metadata comes from the store (flags, modseq, size, internal date) and from the
- * structure cache (ENVELOPE, BODYSTRUCTURE, BODY). Every body section is a slice of the bytes
- * store.readMessage returns, so BODY[], BODY[TEXT], RFC822* and partials are byte-exact.
+ * FETCH. Metadata comes from the store (flags, modseq, size, internal date) and, for
+ * ENVELOPE and BODYSTRUCTURE, from the structure cache in memory, else from the message's
+ * cache slot in the store (message-cache.ts; persisted, so warm after a restart too), else
+ * from parsing the message once (then the slot is filled). Every body section is a slice of
+ * the bytes store.readMessage returns, so BODY[], BODY[TEXT], RFC822* and partials are
+ * byte-exact.
  */
 import { PassThrough } from 'node:stream';
 import type { MessageMeta } from '../store/types.js';
 import type { FetchOptions, FetchQueryItem, FetchValue, ImapHandlers, ImapSession, StreamLiteral } from './imap-core-types.js';
 import { imapHandler } from './imap-core.js';
 import { respond, type HandlerContext } from './handler-context.js';
+import { decodeMessageCache, describeMessage } from './message-cache.js';
 import { extractSection, parseMime, type MimePart } from './mime-sections.js';
 import type { MessageKey, MessageStructure } from './structure-cache.js';
 
@@ -30,17 +34,22 @@ export function createFetchHandler(ctx: HandlerContext): FetchHandler {
 }
 
 /** Which item needs what. */
-function needsOf(query: FetchQueryItem[]): { raw: boolean; structure: boolean } {
+function needsOf(query: FetchQueryItem[]): { raw: boolean; structure: boolean; body: boolean } {
   let raw = false;
   let structure = false;
+  let body = false;
   for (const q of query) {
-    if (q.item === 'envelope' || q.item === 'bodystructure' || (q.item === 'body' && q.type === undefined)) structure = true;
+    if (q.item === 'envelope' || q.item === 'bodystructure') structure = true;
+    if (q.item === 'body' && q.type === undefined) structure = body = true;
     if (q.item === 'rfc822' || q.item === 'rfc822.header' || q.item === 'rfc822.text' || (q.item === 'body' && q.type !== undefined)) {
       raw = true;
     }
   }
-  return { raw, structure };
+  return { raw, structure, body };
 }
+
+/** Filled cache slots are handed to the store in groups of this many. */
+const PERSIST_BATCH = 256;
 
 /**
  * The response label of a partial must carry only the origin (`BODY[]<0>`); imap-core's
@@ -63,7 +72,8 @@ async function fetchMessages(ctx: HandlerContext, mailboxId: string, options: Fe
   const { store, cache } = ctx;
   if (!options.messages.length) return;
 
-  let metas = await store.getMessages(mailboxId, options.messages);
+  const needs = needsOf(options.query);
+  let metas = await store.getMessages(mailboxId, options.messages, { cache: needs.structure });
   if (options.changedSince) metas = metas.filter((m) => m.modseq > options.changedSince);
 
   // \Seen must be set (and journaled) before the response is built, so that its FLAGS show it
@@ -72,11 +82,13 @@ async function fetchMessages(ctx: HandlerContext, mailboxId: string, options: Fe
     if (unseen.length) {
       const result = await store.storeFlags(mailboxId, unseen, { action: 'add', flags: [SEEN], origin: session.id });
       const updated = new Map(result.changed.map((m) => [m.uid, m]));
-      metas = metas.map((m) => updated.get(m.uid) ?? m);
+      metas = metas.map((m) => {
+        const u = updated.get(m.uid);
+        return u ? { ...u, ...(m.cache !== undefined ? { cache: m.cache } : {}) } : m;
+      });
     }
   }
 
-  const needs = needsOf(options.query);
   const respQuery = responseQuery(options.query);
   const utf8 = session.isUTF8Enabled();
 
@@ -85,34 +97,65 @@ async function fetchMessages(ctx: HandlerContext, mailboxId: string, options: Fe
     raw: Buffer | null;
     structure: MessageStructure | null;
   }
+  const toPersist: Array<{ uid: number; cache: string }> = [];
+  const persist = async (): Promise<void> => {
+    if (!toPersist.length) return;
+    try {
+      await store.setMessageCache(mailboxId, toPersist.splice(0));
+    } catch (err) {
+      ctx.logger.warn({ err, mailboxId }, 'imap: could not store message cache slots');
+    }
+  };
   const load = async (meta: MessageMeta): Promise<Loaded | null> => {
     const key: MessageKey = { mailboxId, uid: meta.uid, size: meta.size, internalDate: meta.internalDate };
     let structure = needs.structure ? cache.getStructure(key) : null;
+    if (needs.structure && !structure && meta.cache !== undefined) {
+      const slot = decodeMessageCache(meta.cache);
+      if (slot) {
+        structure = cache.putStructure(key, slot.structure);
+        cache.putHeaders(key, slot.headers);
+      }
+    }
+    const parse = needs.structure && (!structure || (needs.body && !structure.body));
     let raw: Buffer | null = null;
-    if (needs.raw || (needs.structure && !structure)) {
+    if (needs.raw || parse) {
       raw = await store.readMessage(mailboxId, meta.uid);
       if (!raw) return null; // expunged meanwhile
-      if (needs.structure && !structure) structure = cache.structureOf(key, raw);
+      if (parse) {
+        const described = describeMessage(raw);
+        structure = cache.putStructure(key, described.structure);
+        cache.putHeaders(key, described.headers);
+        if (meta.cache === undefined || !decodeMessageCache(meta.cache)) toPersist.push({ uid: meta.uid, cache: described.cache });
+      }
     }
     return { meta, raw, structure };
   };
 
-  for (const batch of readAheadBatches(metas, needs.raw || needs.structure)) {
-    if (!isSocketOpen(session)) return;
-    const loaded = await Promise.all(batch.map(load));
-    for (const item of loaded) {
-      if (!item) continue;
-      if (!isSocketOpen(session)) return;
-      const values = buildValues(options.query, item.meta, item.raw, item.structure, session, utf8);
-      const response = session.formatResponse('FETCH', item.meta.uid, { query: respQuery, values });
-      if (!response) continue;
+  try {
+    await writeMessages();
+  } finally {
+    await persist();
+  }
 
-      if (!values.some((v) => isStreamLiteral(v))) {
-        if (!session.writeStream.write({ compiled: imapHandler.compiler(response) })) await drained(session);
-      } else {
-        // stream literals are piped straight into the socket: let earlier output reach it first
-        await drained(session);
-        await writeStreamed(session, imapHandler.compileStream(response));
+  async function writeMessages(): Promise<void> {
+    for (const batch of readAheadBatches(metas, needs.raw || needs.structure)) {
+      if (!isSocketOpen(session)) return;
+      const loaded = await Promise.all(batch.map(load));
+      if (toPersist.length >= PERSIST_BATCH) await persist();
+      for (const item of loaded) {
+        if (!item) continue;
+        if (!isSocketOpen(session)) return;
+        const values = buildValues(options.query, item.meta, item.raw, item.structure, session, utf8);
+        const response = session.formatResponse('FETCH', item.meta.uid, { query: respQuery, values });
+        if (!response) continue;
+
+        if (!values.some((v) => isStreamLiteral(v))) {
+          if (!session.writeStream.write({ compiled: imapHandler.compiler(response) })) await drained(session);
+        } else {
+          // stream literals are piped straight into the socket: let earlier output reach it first
+          await drained(session);
+          await writeStreamed(session, imapHandler.compileStream(response));
+        }
       }
     }
   }

@@ -14,6 +14,22 @@ export interface HandlerContext {
   logger: Logger;
   cache: StructureCache;
   quotaFor?: QuotaFor;
+  /** Per connection id: ends the store watch of its selected mailbox (store.watchMailbox). */
+  watches: Map<string, () => void>;
+}
+
+/** Watches the session's newly selected mailbox for outside changes (ends the previous watch). */
+export function watchSelected(ctx: HandlerContext, session: ImapSession, mailboxId: string): void {
+  ctx.watches.get(session.id)?.();
+  ctx.watches.delete(session.id);
+  const stop = ctx.store.watchMailbox?.(mailboxId);
+  if (stop) ctx.watches.set(session.id, stop);
+}
+
+/** Ends the connection's watch (it closed). */
+export function unwatchSession(ctx: HandlerContext, sessionId: string): void {
+  ctx.watches.get(sessionId)?.();
+  ctx.watches.delete(sessionId);
 }
 
 /** The store's user key of an authenticated session. */

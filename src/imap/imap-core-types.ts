@@ -136,6 +136,33 @@ export interface ImapConnection extends EventEmitter {
   send(payload: string, callback?: () => void): void;
   close(force?: boolean): void;
   _setListeners(): void;
+  /** The server this connection belongs to (its handler slots and options). */
+  _server: ImapCoreServer;
+  /** imap-core's connection state: 'Not Authenticated' | 'Authenticated' | 'Selected' | 'Logout' | 'Closed'. */
+  state: string;
+  /** Same object as session.selected. */
+  selected: SelectedMailbox | false;
+  condstoreEnabled: boolean;
+  acceptUTF8Enabled: boolean;
+}
+
+/** A tagged completion as command handlers report it to imap-core's dispatcher. */
+export interface CommandResponse {
+  response: 'OK' | 'NO' | 'BAD';
+  code?: string | false;
+  message?: string;
+}
+
+/**
+ * A command module of imap-core (lib/commands/*.js). Its dispatcher looks the module up per
+ * command and calls `handler` with the connection as `this`, so replacing `handler` on the
+ * module object replaces the command.
+ */
+export interface ImapCommandModule {
+  state?: string | string[];
+  schema?: unknown;
+  disableNotifications?: boolean;
+  handler(this: ImapConnection, command: { tag: string; command: string; attributes?: unknown[] }, callback: (err: Error | null, response?: CommandResponse) => void): void;
 }
 
 export interface LoginRequest {
@@ -355,6 +382,8 @@ export interface ConnectionOptions {
 }
 
 export interface ImapHandlerModule {
+  /** The command-line parser imap-core's dispatcher calls (replaceable: see search-command.ts). */
+  parser(payload: string, options?: { literals?: Buffer[] }): unknown;
   compiler(response: ImapResponse, asArray?: false, isLogging?: boolean): string;
   compileStream(response: ImapResponse): Readable;
 }

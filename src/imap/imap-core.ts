@@ -11,6 +11,7 @@ import { createRequire } from 'node:module';
 import type { Socket } from 'node:net';
 import type {
   ConnectionOptions,
+  ImapCommandModule,
   GelfHandler,
   IconvLite,
   ImapConnection,
@@ -44,6 +45,17 @@ const core = require('@zone-eu/wildduck/imap-core/index.js') as ImapCoreModule;
 const connectionModule = require('@zone-eu/wildduck/imap-core/lib/imap-connection.js') as ImapConnectionModule;
 const IndexerCtor = require('@zone-eu/wildduck/imap-core/lib/indexer/indexer.js') as IndexerClass;
 const errorsModule = require('@zone-eu/wildduck/lib/errors.js') as ErrorsModule;
+
+/** The imap-core command modules onionpost replaces or wraps (see search-command.ts, commands.ts). */
+export type ImapCoreCommandName = 'search' | 'create' | 'rename' | 'delete' | 'select' | 'status' | 'append' | 'copy' | 'move' | 'subscribe' | 'unsubscribe';
+
+/**
+ * imap-core's module object for one command (lib/commands/<name>.js). Its dispatcher holds
+ * these same objects (Node's module cache), so a handler set here is the one it calls.
+ */
+export function imapCoreCommand(name: ImapCoreCommandName): ImapCommandModule {
+  return require(`@zone-eu/wildduck/imap-core/lib/commands/${name}.js`) as ImapCommandModule;
+}
 
 const wildduckRequire = createRequire(require.resolve('@zone-eu/wildduck/package.json'));
 

@@ -25,8 +25,12 @@ export function parseImapDay(value: string): number | null {
   const m = /^\s*(\d{1,2})-([A-Za-z]{3})-(\d{4})\s*$/.exec(value);
   if (!m) return null;
   const month = MONTHS.indexOf(m[2].toLowerCase());
-  if (month < 0) return null;
-  return Math.floor(Date.UTC(Number(m[3]), month, Number(m[1])) / 86400000);
+  const day = Number(m[1]);
+  if (month < 0 || day < 1) return null;
+  const time = Date.UTC(Number(m[3]), month, day);
+  // no 32-Jan or 30-Feb (Date.UTC would roll them over into the next month)
+  if (new Date(time).getUTCDate() !== day) return null;
+  return Math.floor(time / 86400000);
 }
 
 /** The UTC calendar day of an instant, in days since the epoch. */

@@ -9,13 +9,15 @@ import type { Logger } from 'pino';
 import type { MailStore } from '../store/types.js';
 import { createAuthHandler, type Authenticate } from './auth.js';
 import { createFetchHandler } from './fetch.js';
-import type { HandlerContext, QuotaFor } from './handler-context.js';
+import { unwatchSession, type HandlerContext, type QuotaFor } from './handler-context.js';
 import type { ConnectionOptions, ImapConnection, ImapCoreLogger, ImapCoreServer, ImapCoreServerOptions } from './imap-core-types.js';
 import { IMAPConnection, IMAPServer, routeImapCoreErrors } from './imap-core.js';
 import { createMailboxHandlers } from './mailbox-handlers.js';
 import { createMessageHandlers } from './message-handlers.js';
+import { buildMessageCache } from './message-cache.js';
 import { ImapNotifier } from './notifier.js';
 import { createSearchHandler } from './search.js';
+import { installSearchCommand } from './search-command.js';
 import { StructureCache } from './structure-cache.js';
 
 export type { Authenticate } from './auth.js';
@@ -61,6 +63,8 @@ export function createImapServer(options: ImapServerOptions): ImapServer {
 
   const log = logger.child({ component: 'imap' });
   routeImapCoreErrors(log);
+  // our SEARCH command (imap-core's flattens parenthesised groups); process-wide, once
+  installSearchCommand();
 
   const coreOptions: ImapCoreServerOptions = {
     secure: options.secure,
@@ -86,7 +90,6 @@ export function createImapServer(options: ImapServerOptions): ImapServer {
   server.on('error', (err: Error & { code?: string }) => {
     log.warn({ err: { message: err.message, code: err.code } }, 'imap: connection error');
   });
-  replaceGreeting(server);
 
   const notifier = new ImapNotifier(store, log);
   server.notifier = notifier;
@@ -97,7 +100,11 @@ export function createImapServer(options: ImapServerOptions): ImapServer {
     logger: log,
     cache: options.cache ?? new StructureCache(),
     quotaFor: options.quota,
+    watches: new Map(),
   };
+  // ENVELOPE/BODYSTRUCTURE/search headers are computed once, when a message is stored
+  store.setMessageCacheBuilder(buildMessageCache);
+  replaceGreeting(server, { onClose: (connection) => unwatchSession(ctx, connection.id) });
   Object.assign(
     server,
     createAuthHandler({ authenticate: options.authenticate, logger: log, starttls: !options.secure && !!options.tls }),
@@ -153,7 +160,7 @@ export function createImapServer(options: ImapServerOptions): ImapServer {
  * (minus wildduck's metrics), and a greeting sent at once, without any lookup. The
  * greeting also leaves out the client address and the machine's host name.
  */
-function replaceGreeting(server: ImapCoreServer): void {
+function replaceGreeting(server: ImapCoreServer, hooks: { onClose(connection: ImapConnection): void }): void {
   server.connect = (socket: Socket, socketOptions: ConnectionOptions): void => {
     // Small untagged responses (IDLE's "* n EXISTS") must not wait for Nagle's algorithm,
     // which otherwise holds them until the client's delayed ACK (~40 ms on Linux).
@@ -162,7 +169,10 @@ function replaceGreeting(server: ImapCoreServer): void {
     connection.loggelf = (message) => server.loggelf(message);
     server.connections.add(connection);
     connection.on('error', (err: Error) => server._onError(err));
-    connection.once('close', () => endIdle(connection));
+    connection.once('close', () => {
+      endIdle(connection);
+      hooks.onClose(connection);
+    });
     greet(connection);
   };
 }

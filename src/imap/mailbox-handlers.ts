@@ -1,7 +1,7 @@
 /** Handlers for mailbox-level commands: LIST/LSUB, (UN)SUBSCRIBE, CREATE, RENAME, DELETE,
  * SELECT/EXAMINE, STATUS, GETQUOTAROOT/GETQUOTA. */
 import type { ImapHandlers, ImapSession, ListedFolder, QuotaResult } from './imap-core-types.js';
-import { respond, userOf, type HandlerContext } from './handler-context.js';
+import { respond, userOf, watchSelected, type HandlerContext } from './handler-context.js';
 
 /** Reported as the STORAGE limit when a user has no quota (IMAP QUOTA has no "unlimited"). */
 export const UNLIMITED_QUOTA_BYTES = 2 ** 50;
@@ -113,6 +113,8 @@ export function createMailboxHandlers(ctx: HandlerContext): MailboxHandlers {
         async () => {
           const box = await store.openMailbox(userOf(session), path);
           if (!box) return ['NONEXISTENT'];
+          // files dropped into this mailbox by other software reach IDLE at once
+          watchSelected(ctx, session, box.id);
           return [
             {
               _id: box.id,

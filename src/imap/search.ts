@@ -1,17 +1,20 @@
 /**
- * SEARCH: evaluates imap-core's parsed terms over the store. Flags, UIDs, sizes, dates and
- * MODSEQ come from message metadata; header terms match decoded (RFC 2047) header values;
- * BODY/TEXT match decoded content (base64/quoted-printable, charsets, HTML text).
- * Matching is case-insensitive substring matching with whitespace runs collapsed.
+ * SEARCH: evaluates the parsed criteria (search-command.ts) over the store. Flags, UIDs,
+ * sizes, dates and MODSEQ come from message metadata; header terms match decoded (RFC 2047)
+ * header values, from the message's cache slot when it has one (message-cache.ts: FROM, TO,
+ * CC, BCC, SUBJECT, Message-ID, threading fields, the sent date; no file is read), else
+ * from the message; BODY/TEXT match decoded content (base64/quoted-printable, charsets,
+ * HTML text). Matching is case-insensitive substring matching with whitespace runs collapsed.
  */
 import type { MessageMeta } from '../store/types.js';
 import type { ImapHandlers, ImapSession, SearchExpression, SearchTerm } from './imap-core-types.js';
 import { iconv } from './imap-core.js';
 import { respond, selectedFor, type HandlerContext } from './handler-context.js';
 import { parseImapDay, utcDay } from './imap-date.js';
+import { decodeMessageCache } from './message-cache.js';
 import { parseMime, type MimePart } from './mime-sections.js';
 import { bodyText } from './mime-text.js';
-import { buildHeaderIndex, type HeaderIndex, type MessageKey } from './structure-cache.js';
+import { buildHeaderIndex, headerValues, type HeaderIndex, type MessageKey } from './structure-cache.js';
 
 type SearchHandler = Required<Pick<ImapHandlers, 'onSearch'>>;
 
@@ -162,14 +165,38 @@ class Doc {
     return { raw, tree: this.tree };
   }
 
+  /** Decoded header fields: perhaps only some of them (see HeaderIndex.names). */
   async headers(): Promise<HeaderIndex | null> {
     if (this.headerIndex) return this.headerIndex;
     const cached = this.ctx.cache.getHeaders(this.key);
     if (cached) return (this.headerIndex = cached);
+    const slot = this.meta.cache !== undefined ? decodeMessageCache(this.meta.cache) : null;
+    if (slot) {
+      this.ctx.cache.putStructure(this.key, slot.structure);
+      return (this.headerIndex = this.ctx.cache.putHeaders(this.key, slot.headers));
+    }
+    return this.fullHeaders();
+  }
+
+  /** All decoded header fields (reads the message unless they are cached). */
+  async fullHeaders(): Promise<HeaderIndex | null> {
+    if (this.headerIndex && this.headerIndex.names === undefined) return this.headerIndex;
+    const cached = this.ctx.cache.getHeaders(this.key);
+    if (cached && cached.names === undefined) return (this.headerIndex = cached);
     const m = await this.mime();
     if (!m) return null;
     this.headerIndex = this.ctx.cache.headersOf(this.key, m.raw, m.tree);
     return this.headerIndex;
+  }
+
+  /** Decoded values of one header field ([] when absent). */
+  async headerValues(name: string): Promise<string[]> {
+    const h = await this.headers();
+    if (!h) return [];
+    const values = headerValues(h, name);
+    if (values) return values;
+    const full = await this.fullHeaders();
+    return full ? (headerValues(full, name) ?? []) : [];
   }
 
   async bodyText(): Promise<string> {
@@ -185,7 +212,7 @@ class Doc {
     const m = await this.mime();
     if (!m) return (this.text = '');
     const headerText = (h: HeaderIndex): string => h.fields.map(([name, value]) => `${name}: ${value}`).join('\n');
-    const own = await this.headers();
+    const own = await this.fullHeaders();
     const body = bodyText(m.raw, m.tree, (message) => headerText(buildHeaderIndex(m.raw, message)));
     this.text = normalizeText((own ? headerText(own) : '') + '\n' + body);
     return this.text;
@@ -233,10 +260,7 @@ async function matches(p: Prepared, doc: Doc): Promise<boolean> {
       return compareDay(day, p.operator, p.day);
     }
     case 'header': {
-      const h = await doc.headers();
-      if (!h) return false;
-      for (const [name, value] of h.fields) {
-        if (name !== p.header) continue;
+      for (const value of await doc.headerValues(p.header)) {
         if (!p.needle || normalizeText(value).includes(p.needle)) return true;
       }
       return false;
@@ -272,7 +296,7 @@ async function search(
   // the session's view: messages it has not been told about yet are not searched
   const universe = selected ? [...selected.uidList] : [];
   if (!universe.length) return { uidList: [], highestModseq: 0 };
-  const metas = await ctx.store.getMessages(mailboxId, universe);
+  const metas = await ctx.store.getMessages(mailboxId, universe, { cache: usesHeaders(query) });
   const found: number[] = [];
   let highestModseq = 0;
   // a few messages are evaluated concurrently so that their file reads overlap
@@ -287,6 +311,22 @@ async function search(
     });
   }
   return { uidList: found, highestModseq };
+}
+
+/** Whether evaluating the query may look at header fields (then cache slots help). */
+function usesHeaders(p: Prepared): boolean {
+  switch (p.kind) {
+    case 'header':
+    case 'sent-day':
+      return true;
+    case 'and':
+    case 'or':
+      return p.terms.some(usesHeaders);
+    case 'not':
+      return usesHeaders(p.term);
+    default:
+      return false;
+  }
 }
 
 const BATCH_COUNT = 16;

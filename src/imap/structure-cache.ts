@@ -1,7 +1,8 @@
 /**
  * In-memory cache of the parsed metadata of messages (ENVELOPE, BODYSTRUCTURE, BODY and
  * the decoded header fields SEARCH needs), keyed by mailbox id + UID, so that repeated
- * metadata FETCHes and header SEARCHes do not reparse messages.
+ * metadata FETCHes and header SEARCHes do not even decode the store's cache slots
+ * (message-cache.ts, which is what survives a restart).
  *
  * Stored messages are immutable, but a UID can only be trusted together with its mailbox
  * incarnation; the key therefore also carries size and internal date, which makes a stale
@@ -15,7 +16,8 @@ import { fieldValue, parseMime, rawFieldValue, unfold, type MimePart } from './m
 export interface MessageStructure {
   envelope: StructValue[];
   bodystructure: StructValue[];
-  body: StructValue[];
+  /** BODY (non-extensible BODYSTRUCTURE); absent when read from a cache slot. */
+  body?: StructValue[];
 }
 
 export interface HeaderIndex {
@@ -23,6 +25,21 @@ export interface HeaderIndex {
   fields: Array<[string, string]>;
   /** The Date: header's calendar day as days since the epoch, or null. */
   sentDay: number | null;
+  /**
+   * Set when `fields` holds only some fields (a cache slot): the names of all fields the
+   * message has. A field in `names` but not in `fields` needs the message itself.
+   */
+  names?: ReadonlySet<string>;
+}
+
+/**
+ * The decoded values of a header field: [] when the message has no such field, null when
+ * the index does not hold them (a partial index; parse the message).
+ */
+export function headerValues(index: HeaderIndex, name: string): string[] | null {
+  const values = index.fields.filter(([n]) => n === name).map(([, v]) => v);
+  if (values.length > 0 || index.names === undefined || !index.names.has(name)) return values;
+  return null;
 }
 
 export interface MessageKey {
@@ -64,8 +81,22 @@ export class StructureCache {
     return cloneStructure(structure);
   }
 
+  /** Caches a structure (kept as given: pass one nobody else mutates); returns a copy. */
+  putStructure(key: MessageKey, structure: MessageStructure): MessageStructure {
+    this.structures.set(keyOf(key), structure);
+    return cloneStructure(structure);
+  }
+
   getHeaders(key: MessageKey): HeaderIndex | null {
     return this.headers.get(keyOf(key)) ?? null;
+  }
+
+  putHeaders(key: MessageKey, index: HeaderIndex): HeaderIndex {
+    // a partial index never replaces a complete one
+    const old = this.headers.get(keyOf(key));
+    if (old !== undefined && old.names === undefined && index.names !== undefined) return old;
+    this.headers.set(keyOf(key), index);
+    return index;
   }
 
   headersOf(key: MessageKey, raw: Buffer, root: MimePart): HeaderIndex {
@@ -81,7 +112,9 @@ export class StructureCache {
 }
 
 function cloneStructure(s: MessageStructure): MessageStructure {
-  return { envelope: cloneValues(s.envelope), bodystructure: cloneValues(s.bodystructure), body: cloneValues(s.body) };
+  const copy: MessageStructure = { envelope: cloneValues(s.envelope), bodystructure: cloneValues(s.bodystructure) };
+  if (s.body !== undefined) copy.body = cloneValues(s.body);
+  return copy;
 }
 
 /** Deep copy that keeps Buffers as Buffers (structuredClone/JSON would not). */

@@ -65,6 +65,22 @@ export interface MessageMeta {
   /** Size in bytes with CRLF line endings (what RFC822.SIZE reports and readMessage returns). */
   size: number;
   internalDate: Date;
+  /**
+   * The message's cache slot (see MailStore.setMessageCache): present only when asked for
+   * with `{ cache: true }` and when something was stored for the message.
+   */
+  cache?: string;
+}
+
+/**
+ * Computes the cache slot of a new message from its raw bytes (a protocol layer's parsed
+ * metadata, opaque to the store), or null to leave it empty. Must not throw.
+ */
+export type MessageCacheBuilder = (raw: Buffer) => string | null;
+
+export interface GetMessagesOptions {
+  /** Also return each message's cache slot (`MessageMeta.cache`). */
+  cache?: boolean;
 }
 
 /** One entry of a mailbox's change journal (what IDLE/NOOP report to other sessions). */
@@ -157,7 +173,21 @@ export interface MailStore extends EventEmitter {
   append(user: string, path: string, raw: Buffer, options?: AppendOptions): Promise<AppendResult>;
 
   /** Metadata for the given UIDs that exist, ascending by UID. */
-  getMessages(mailboxId: string, uids: number[]): Promise<MessageMeta[]>;
+  getMessages(mailboxId: string, uids: number[], options?: GetMessagesOptions): Promise<MessageMeta[]>;
+
+  /**
+   * Per-message cache slot: an opaque string (no line breaks; a protocol layer's parsed
+   * metadata such as IMAP ENVELOPE/BODYSTRUCTURE) kept with the message, persisted, copied
+   * along with COPY/MOVE, dropped with the message. A cache only: a store may lose it (it
+   * then comes back empty) but never returns it for another message. Unknown UIDs are
+   * ignored.
+   */
+  setMessageCache(mailboxId: string, entries: ReadonlyArray<{ uid: number; cache: string }>): Promise<void>;
+  /**
+   * Fills the cache slot of every message stored from now on (append, delivery) with
+   * `builder(raw)`, computed once per message before it is stored. null: stop.
+   */
+  setMessageCacheBuilder(builder: MessageCacheBuilder | null): void;
   /** The stored message with CRLF line endings, or null if the UID is gone. */
   readMessage(mailboxId: string, uid: number): Promise<Buffer | null>;
 
@@ -174,6 +204,19 @@ export interface MailStore extends EventEmitter {
 
   /** Total bytes stored for the user (for QUOTA). */
   usage(user: string): Promise<number>;
+
+  /**
+   * The user's storage quota: bytes in use and the limit (null: unlimited). Appends and
+   * copies that would go over the limit fail with StoreError OVERQUOTA.
+   */
+  quota(user: string): Promise<{ used: number; limit: number | null }>;
+
+  /**
+   * Optional: watch a mailbox for changes made by other software and journal/announce them
+   * promptly (otherwise they are found at the next call that touches the mailbox). Returns
+   * the function that ends this watch (watches are counted per mailbox).
+   */
+  watchMailbox?(mailboxId: string): () => void;
 
   close(): Promise<void>;
 

@@ -260,7 +260,9 @@ export class OnionPublisher {
     this.stopped = true;
     if (this.timer) clearTimeout(this.timer);
     this.timer = null;
-    await this.attempt?.catch(() => undefined);
+    // An attempt in flight closes its own connection once it sees `stopped`; do not wait
+    // long for a Tor that hangs.
+    if (this.attempt) await Promise.race([this.attempt.catch(() => undefined), new Promise((r) => setTimeout(r, 3000).unref())]);
     const client = this.client;
     this.client = null;
     if (client && !client.closed) {

@@ -19,7 +19,14 @@ export interface Daemon {
   cleanup(): Promise<void>;
 }
 
-export async function startDaemon(extraToml = ''): Promise<Daemon> {
+export interface StartDaemonOptions {
+  /** Extra arguments after `start` (e.g. --pidfile FILE). */
+  args?: string[];
+  /** Runs after the config is written and before the daemon starts (e.g. chmod the dir). */
+  prepare?: (dir: string) => Promise<void>;
+}
+
+export async function startDaemon(extraToml = '', options: StartDaemonOptions = {}): Promise<Daemon> {
   const dir = await mkdtemp(path.join(os.tmpdir(), 'onionpost-daemon-'));
   const ports = { smtp: await freePort(), submission: await freePort(), submissions: await freePort(), imap: await freePort(), imaps: await freePort() };
   const configFile = path.join(dir, 'onionpost.toml');
@@ -28,7 +35,8 @@ export async function startDaemon(extraToml = ''): Promise<Daemon> {
     `data_dir = "data"\ndomain = "localhost"\n${extraToml}\n` +
       `[smtp]\nport = ${ports.smtp}\n[submission]\nport = ${ports.submission}\ntls_port = ${ports.submissions}\n[imap]\nport = ${ports.imap}\ntls_port = ${ports.imaps}\n[log]\nlevel = "warn"\n`,
   );
-  const child = spawn(process.execPath, [BIN, '--config', configFile, 'start'], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
+  await options.prepare?.(dir);
+  const child = spawn(process.execPath, [BIN, '--config', configFile, 'start', ...(options.args ?? [])], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';
   let err = '';
   child.stdout!.setEncoding('utf8').on('data', (d: string) => (out += d));

@@ -27,6 +27,7 @@ import {
   type MessageMeta,
   type StoreFlagsResult,
 } from '../types.js';
+import { appendCacheLines, cacheLine, readCacheFile, removeCacheFile, rewriteCacheFile, CACHE_FILE } from './cache-file.js';
 import { countBareLf, toCrlf } from './crlf.js';
 import { acquireDotlock, DotlockTimeoutError, updateWithDotlock, type Dotlock } from './dotlock.js';
 import { fsyncDir, replaceFile, unlinkQuietly, writeNewFile } from './durable-write.js';
@@ -86,6 +87,8 @@ export interface MessageRecord {
   idate: number;
   /** uidlist extension fields. */
   ext: string[];
+  /** The message's cache slot (MailStore.setMessageCache), once known. */
+  cache?: string;
 }
 
 /** A message file written into the folder's tmp/, waiting to be committed. */
@@ -97,6 +100,8 @@ export interface PreparedFile {
   extraLetters: string;
   size: number;
   idate: number;
+  /** Cache slot for the new message. */
+  cache?: string;
 }
 
 export interface FolderContext {
@@ -236,6 +241,12 @@ export class MaildirFolder {
   private logLines = -1;
   private pending: CommitGroup[] = [];
   private flushScheduled = false;
+  /** onionpost-cache has been read into the records' cache slots. */
+  private cacheLoaded = false;
+  /** onionpost-cache on disk can be appended to (header checked, no partial last line). */
+  private cacheWritable = false;
+  /** Lines in onionpost-cache (known after loading; counted since). */
+  private cacheLines = 0;
 
   constructor(
     readonly user: string,
@@ -282,15 +293,34 @@ export class MaildirFolder {
     });
   }
 
-  async getMessages(uids: readonly number[]): Promise<MessageMeta[]> {
+  async getMessages(uids: readonly number[], withCache = false): Promise<MessageMeta[]> {
     return this.mutex.run(async () => {
       await this.ensureFresh();
+      if (withCache) await this.loadCache();
       const out: MessageMeta[] = [];
       for (const uid of sortedUnique(uids)) {
         const rec = this.records.get(uid);
-        if (rec !== undefined) out.push(this.meta(rec));
+        if (rec === undefined) continue;
+        const meta = this.meta(rec);
+        if (withCache && rec.cache !== undefined) meta.cache = rec.cache;
+        out.push(meta);
       }
       return out;
+    });
+  }
+
+  /** Fills cache slots and appends them to onionpost-cache. */
+  async setCache(entries: ReadonlyArray<{ uid: number; cache: string }>): Promise<void> {
+    await this.mutex.run(async () => {
+      if (this.gone) throw new FolderGoneError(this.path);
+      const changed: MessageRecord[] = [];
+      for (const { uid, cache } of entries) {
+        const rec = this.records.get(uid);
+        if (rec === undefined || rec.cache === cache || cacheLine(uid, rec.base, cache) === null) continue;
+        rec.cache = cache;
+        changed.push(rec);
+      }
+      await this.persistCache(changed);
     });
   }
 
@@ -447,11 +477,11 @@ export class MaildirFolder {
    * Writes a new message into tmp/ (fsync'd, mtime = internal date). The file is not yet
    * visible; `commit` makes it so.
    */
-  async prepareAppend(raw: Buffer, flags: ClassifiedFlags, internalDate?: Date): Promise<PreparedFile> {
+  async prepareAppend(raw: Buffer, flags: ClassifiedFlags, internalDate?: Date, cache?: string): Promise<PreparedFile> {
     const vsize = raw.length + countBareLf(raw);
     const base = newBaseName(raw.length, vsize);
     const idate = await writeNewFile(join(this.dir, 'tmp', base), raw, { mtime: internalDate });
-    return { base, flags, extraLetters: '', size: vsize, idate };
+    return { base, flags, extraLetters: '', size: vsize, idate, ...(cache !== undefined ? { cache } : {}) };
   }
 
   /** Removes prepared files that will not be committed. */
@@ -481,6 +511,8 @@ export class MaildirFolder {
   async linkInto(target: MaildirFolder, uids: readonly number[]): Promise<CopySource[]> {
     return this.mutex.run(async () => {
       await this.ensureFresh();
+      // the copies get the same cache slots (same bytes)
+      await this.loadCache().catch(() => undefined);
       const out: CopySource[] = [];
       try {
         for (const uid of sortedUnique(uids)) {
@@ -496,7 +528,7 @@ export class MaildirFolder {
               await this.linkOrCopy(src, join(target.dir, 'tmp', base), rec.idate);
               const flags = classifyFlags(lettersToFlags(rec.letters, this.keywords));
               const extraLetters = preservedLetters(rec.letters, this.keywords).replace(/[a-z]/g, '');
-              out.push({ uid, file: { base, flags, extraLetters, size: rec.size, idate: rec.idate } });
+              out.push({ uid, file: { base, flags, extraLetters, size: rec.size, idate: rec.idate, ...(rec.cache !== undefined ? { cache: rec.cache } : {}) } });
               break;
             } catch (err) {
               if (errno(err) !== 'ENOENT' || attempt > 0) throw err;
@@ -528,6 +560,10 @@ export class MaildirFolder {
         await this.writeUidlist();
         await this.noteOwnChange();
         await this.saveIndex(true);
+        // onionpost-cache names the old GUID: start it again from what memory holds
+        if (this.cacheLoaded) await this.rewriteCache().catch(() => undefined);
+        else await removeCacheFile(this.dir);
+        this.cacheWritable = this.cacheLoaded;
       }),
     );
   }
@@ -535,6 +571,8 @@ export class MaildirFolder {
   /** Marks the folder as deleted: every later operation fails with FolderGoneError. */
   markGone(): void {
     this.gone = true;
+    this.cacheLoaded = false;
+    this.cacheWritable = false;
     this.journal.clear();
     this.records.clear();
     this.byBase.clear();
@@ -979,7 +1017,18 @@ export class MaildirFolder {
             const uids: number[] = [];
             group.files.forEach((f, i) => {
               const p = parseFileName(groupNames[i]);
-              fresh.push({ uid, base: f.base, sub: 'cur', fileName: groupNames[i], letters: p.letters, modseq: 0, size: f.size, idate: f.idate, ext: [] });
+              fresh.push({
+                uid,
+                base: f.base,
+                sub: 'cur',
+                fileName: groupNames[i],
+                letters: p.letters,
+                modseq: 0,
+                size: f.size,
+                idate: f.idate,
+                ext: [],
+                ...(f.cache !== undefined ? { cache: f.cache } : {}),
+              });
               uids.push(uid++);
             });
             done.push({ group, uids });
@@ -1019,6 +1068,14 @@ export class MaildirFolder {
     if (done.length > 0) {
       await this.saveIndex();
       this.ctx.onChange(this);
+      const cached: MessageRecord[] = [];
+      for (const { uids } of done) {
+        for (const uid of uids) {
+          const rec = this.records.get(uid);
+          if (rec?.cache !== undefined) cached.push(rec);
+        }
+      }
+      await this.persistCache(cached);
     }
     for (const { group, uids } of done) group.resolve(uids);
     for (const [group, err] of failed) group.reject(err);
@@ -1201,6 +1258,106 @@ export class MaildirFolder {
     }
   }
 
+  /**
+   * Reads onionpost-cache into the records' cache slots, once (mutex held). Rewrites the
+   * file when it is damaged, foreign, or mostly dead lines.
+   */
+  private async loadCache(): Promise<void> {
+    if (this.cacheLoaded || this.gone) return;
+    const content = await readCacheFile(this.dir, this.uidValidity, this.guid);
+    let live = 0;
+    for (const [uid, entry] of content?.entries ?? []) {
+      const rec = this.records.get(uid);
+      if (rec === undefined || rec.base !== entry.base) continue;
+      // what memory holds is newer than the file
+      rec.cache ??= entry.data;
+      live++;
+    }
+    this.cacheLoaded = true;
+    this.cacheLines = content?.lines ?? 0;
+    const dead = this.cacheLines - live;
+    if (content === null || content.damaged || dead > live / 2 + 256) {
+      try {
+        await this.rewriteCache();
+      } catch (err) {
+        this.cacheWritable = false;
+        this.ctx.logger.warn({ err, mailbox: this.path }, 'could not rewrite the message cache file (a cache; will be rebuilt)');
+      }
+    } else {
+      this.cacheWritable = true;
+    }
+  }
+
+  /** Replaces onionpost-cache with the cache slots in memory (mutex held). */
+  private async rewriteCache(): Promise<void> {
+    const lines: string[] = [];
+    for (const rec of this.records.values()) {
+      const line = rec.cache === undefined ? null : cacheLine(rec.uid, rec.base, rec.cache);
+      if (line !== null) lines.push(line);
+    }
+    if (lines.length === 0) await removeCacheFile(this.dir);
+    else await rewriteCacheFile(this.dir, this.uidValidity, this.guid, lines);
+    this.cacheLines = lines.length;
+    this.cacheWritable = true;
+  }
+
+  /** Appends the cache slots of `recs` to onionpost-cache (mutex held). Best effort. */
+  private async persistCache(recs: readonly MessageRecord[]): Promise<void> {
+    const lines: string[] = [];
+    for (const rec of recs) {
+      const line = rec.cache === undefined ? null : cacheLine(rec.uid, rec.base, rec.cache);
+      if (line !== null) lines.push(line);
+    }
+    if (lines.length === 0 || this.gone) return;
+    try {
+      if (!this.cacheWritable) await this.checkCacheFile();
+      await appendCacheLines(this.dir, this.uidValidity, this.guid, lines);
+      this.cacheLines += lines.length;
+      // many dead lines (expunged messages): fold them away (loading compacts)
+      if (this.cacheLines > 2 * this.records.size + 1024) {
+        if (this.cacheLoaded) await this.rewriteCache();
+        else await this.loadCache();
+      }
+    } catch (err) {
+      this.cacheWritable = false;
+      this.ctx.logger.warn({ err, mailbox: this.path }, 'could not write the message cache file (a cache; will be rebuilt)');
+    }
+  }
+
+  /**
+   * Makes sure appending to onionpost-cache is safe without reading all of it: the header
+   * names this folder incarnation and the file ends with a whole line; otherwise it is
+   * rewritten from memory.
+   */
+  private async checkCacheFile(): Promise<void> {
+    let ok = false;
+    let handle;
+    try {
+      handle = await open(join(this.dir, CACHE_FILE), 'r');
+    } catch (err) {
+      if (errno(err) !== 'ENOENT') throw err;
+      ok = true; // appending creates it with its header
+    }
+    if (handle !== undefined) {
+      try {
+        const { size } = await handle.stat();
+        const head = Buffer.alloc(128);
+        const { bytesRead } = await handle.read(head, 0, head.length, 0);
+        const last = Buffer.alloc(1);
+        await handle.read(last, 0, 1, Math.max(0, size - 1));
+        const expected = `onionpost-cache 1 ${this.uidValidity} ${this.guid}\n`;
+        ok = head.subarray(0, bytesRead).toString('utf8').startsWith(expected) && last[0] === 0x0a;
+      } finally {
+        await handle.close();
+      }
+    }
+    if (!ok) {
+      if (this.cacheLoaded) await this.rewriteCache();
+      else await this.loadCache();
+    }
+    this.cacheWritable = true;
+  }
+
   private uidList(): number[] {
     if (this.uidCache === null) this.uidCache = [...this.records.keys()];
     return this.uidCache;
@@ -1212,6 +1369,29 @@ export class MaildirFolder {
 
   private meta(rec: MessageRecord): MessageMeta {
     return { uid: rec.uid, flags: this.flagsOf(rec), modseq: rec.modseq, size: rec.size, internalDate: new Date(rec.idate) };
+  }
+
+  /**
+   * When the last scan may have missed a change made within the same clock tick: how long
+   * until a rescan can see it (ms); otherwise null.
+   */
+  recheckInMs(): number | null {
+    if (!this.racy) return null;
+    return Math.max(1, this.racyDeadline - Date.now() + 1);
+  }
+
+  /** Sum of the message sizes as of the last scan (no I/O). */
+  sizeNow(): number {
+    let size = 0;
+    for (const r of this.records.values()) size += r.size;
+    return size;
+  }
+
+  /** Sizes of these messages as of the last scan (no I/O); unknown UIDs count 0. */
+  sizeOf(uids: readonly number[]): number {
+    let size = 0;
+    for (const uid of new Set(uids)) size += this.records.get(uid)?.size ?? 0;
+    return size;
   }
 
   private statusNow(): MailboxStatus {

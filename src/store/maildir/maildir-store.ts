@@ -10,6 +10,7 @@
  */
 import { EventEmitter } from 'node:events';
 import { randomBytes } from 'node:crypto';
+import { watch, type FSWatcher } from 'node:fs';
 import { mkdir, open, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { dirname, isAbsolute, join } from 'node:path';
 import { silentLogger, type Logger } from '../../log/logger.js';
@@ -21,16 +22,19 @@ import {
   type ChangeEntry,
   type ChangeEvent,
   type CopyResult,
+  type GetMessagesOptions,
   type MailboxInfo,
   type MailboxSnapshot,
   type MailboxStatus,
   type MailStore,
+  type MessageCacheBuilder,
   type MessageMeta,
   type StoreFlagsOptions,
   type StoreFlagsResult,
 } from '../types.js';
 import { DotlockTimeoutError, updateWithDotlock } from './dotlock.js';
 import { fsyncDir, replaceFile } from './durable-write.js';
+import { countBareLf } from './crlf.js';
 import { classifyFlags } from './flags.js';
 import { FOLDER_MARKER, FolderGoneError, MaildirFolder, UIDLIST_FILE, type FolderContext } from './folder.js';
 import { DEFAULT_JOURNAL_LIMIT } from './journal.js';
@@ -59,6 +63,13 @@ export interface MaildirStoreOptions {
   readLockTimeoutMs?: number;
   /** Journal entries kept in memory per folder (default 10,000). */
   journalLimit?: number;
+  /**
+   * A user's storage limit in bytes; null (or 0) for unlimited. Appends and copies that
+   * would go over it fail with OVERQUOTA. Asked at every append (keep it cheap).
+   */
+  quotaFor?: (user: string) => number | null;
+  /** Messages bigger than this get no cache slot at append (computed later, on demand). Default 2 MiB. */
+  cacheBuildMaxBytes?: number;
 }
 
 const SUBSCRIPTIONS_FILE = 'subscriptions';
@@ -70,7 +81,23 @@ interface UserState {
   folders: Map<string, MaildirFolder>;
   /** Serialises create/rename/delete of this user's folders. */
   tree: MutexLike;
+  /** The user's folders as last listed for quota checks, and when (ms). */
+  quotaFolders: MaildirFolder[];
+  quotaListedAt: number;
 }
+
+/** A file-system watch on one mailbox's new/ and cur/ (counted: one per selecting session). */
+interface MailboxWatch {
+  count: number;
+  watchers: FSWatcher[];
+  timer: NodeJS.Timeout | null;
+  stopped: boolean;
+}
+
+/** Quota checks list the user's folders again after this long (ms). */
+const QUOTA_RELIST_MS = 5_000;
+/** File-system events are coalesced for this long before a rescan (ms). */
+const WATCH_DEBOUNCE_MS = 5;
 
 interface MutexLike {
   run<T>(fn: () => Promise<T>): Promise<T>;
@@ -106,6 +133,12 @@ export class MaildirStore extends EventEmitter implements MailStore {
   private readonly journalLimit: number;
   private readonly users = new Map<string, UserState>();
   private readonly byId = new Map<string, MaildirFolder>();
+  private readonly quotaFor: ((user: string) => number | null) | null;
+  private readonly cacheBuildMaxBytes: number;
+  private cacheBuilder: MessageCacheBuilder | null = null;
+  /** Cache slots built per message buffer (a delivery to several users builds once). */
+  private builtCache = new WeakMap<Buffer, string | null>();
+  private readonly watches = new Map<string, MailboxWatch>();
   private closed = false;
 
   constructor(options: MaildirStoreOptions) {
@@ -116,6 +149,8 @@ export class MaildirStore extends EventEmitter implements MailStore {
     this.lockTimeoutMs = options.lockTimeoutMs ?? this.lockStaleMs + 5_000;
     this.readLockTimeoutMs = options.readLockTimeoutMs ?? Math.min(2_000, this.lockTimeoutMs);
     this.journalLimit = options.journalLimit ?? DEFAULT_JOURNAL_LIMIT;
+    this.quotaFor = options.quotaFor ?? null;
+    this.cacheBuildMaxBytes = options.cacheBuildMaxBytes ?? 2 * 1024 * 1024;
   }
 
   // -------------------------------------------------------------------------------------
@@ -364,7 +399,9 @@ export class MaildirStore extends EventEmitter implements MailStore {
         // A loaded folder needs no rescan first: the commit re-checks dovecot-uidlist under
         // the lock. (Not queueing behind other commits here is what lets appends batch.)
         if (!folder.loaded || folder.id === '') await this.loadFolder(folder);
-        const prepared = await folder.prepareAppend(raw, flags, options.internalDate);
+        await this.checkQuota(this.userState(user), raw.length + countBareLf(raw));
+        const cache = this.buildCache(raw);
+        const prepared = await folder.prepareAppend(raw, flags, options.internalDate, cache);
         const [uid] = await folder.commit([prepared], options.origin);
         return { mailboxId: folder.id, uidValidity: folder.uidValidity, uid };
       } catch (err) {
@@ -374,8 +411,35 @@ export class MaildirStore extends EventEmitter implements MailStore {
     });
   }
 
-  async getMessages(mailboxId: string, uids: number[]): Promise<MessageMeta[]> {
-    return this.guard(async () => (await this.folderById(mailboxId)).getMessages(uids));
+  async getMessages(mailboxId: string, uids: number[], options: GetMessagesOptions = {}): Promise<MessageMeta[]> {
+    return this.guard(async () => (await this.folderById(mailboxId)).getMessages(uids, options.cache === true));
+  }
+
+  async setMessageCache(mailboxId: string, entries: ReadonlyArray<{ uid: number; cache: string }>): Promise<void> {
+    if (entries.length === 0) return;
+    return this.guard(async () => (await this.folderById(mailboxId)).setCache(entries));
+  }
+
+  setMessageCacheBuilder(builder: MessageCacheBuilder | null): void {
+    this.cacheBuilder = builder;
+    this.builtCache = new WeakMap();
+  }
+
+  /** The cache slot for a new message, if a builder is set and the message is not too big. */
+  private buildCache(raw: Buffer): string | undefined {
+    const builder = this.cacheBuilder;
+    if (builder === null || raw.length > this.cacheBuildMaxBytes) return undefined;
+    let built = this.builtCache.get(raw);
+    if (built === undefined) {
+      try {
+        built = builder(raw);
+      } catch (err) {
+        this.logger.warn({ err }, 'message cache builder failed');
+        built = null;
+      }
+      this.builtCache.set(raw, built);
+    }
+    return built ?? undefined;
   }
 
   async readMessage(mailboxId: string, uid: number): Promise<Buffer | null> {
@@ -405,6 +469,116 @@ export class MaildirStore extends EventEmitter implements MailStore {
     return this.guard(async () => (await this.folderById(mailboxId)).changesSince(sinceModseq));
   }
 
+  async quota(user: string): Promise<{ used: number; limit: number | null }> {
+    const used = await this.usage(user);
+    return { used, limit: this.limitOf(user) };
+  }
+
+  private limitOf(user: string): number | null {
+    const limit = this.quotaFor?.(user) ?? null;
+    return limit !== null && Number.isFinite(limit) && limit > 0 ? limit : null;
+  }
+
+  /**
+   * Refuses to store `adding` more bytes for a user at or over quota. Usage comes from the
+   * folders' in-memory state (listed again every few seconds), so it costs no I/O per call;
+   * concurrent appends may together end a little over the limit (as with Dovecot's grace).
+   */
+  private async checkQuota(u: UserState, adding: number): Promise<void> {
+    const limit = this.limitOf(u.name);
+    if (limit === null) return;
+    const now = Date.now();
+    if (now - u.quotaListedAt > QUOTA_RELIST_MS) {
+      const folders: MaildirFolder[] = [];
+      for (const info of await this.listMailboxes(u.name)) {
+        const folder = await this.folder(u, info.path);
+        if (folder === null) continue;
+        try {
+          if (!folder.loaded) await this.loadFolder(folder);
+          folders.push(folder);
+        } catch (err) {
+          if (!(err instanceof FolderGoneError)) throw err;
+        }
+      }
+      u.quotaFolders = folders;
+      u.quotaListedAt = now;
+    }
+    let used = 0;
+    for (const folder of u.quotaFolders) if (!folder.gone) used += folder.sizeNow();
+    if (used + adding > limit) {
+      throw new StoreError('OVERQUOTA', `Quota exceeded: ${used} of ${limit} bytes in use, the message needs ${adding}`);
+    }
+  }
+
+  /**
+   * Watches the mailbox's new/ and cur/ (inotify/kqueue through fs.watch) and rescans it a
+   * few milliseconds after other software changed something, so that sessions waiting in
+   * IDLE learn about it at once. Counted per mailbox; the returned function ends one watch.
+   */
+  watchMailbox(mailboxId: string): () => void {
+    let w = this.watches.get(mailboxId);
+    if (w === undefined) {
+      const watch: MailboxWatch = { count: 0, watchers: [], timer: null, stopped: false };
+      this.watches.set(mailboxId, watch);
+      void this.startWatch(mailboxId, watch);
+      w = watch;
+    }
+    const entry = w;
+    entry.count++;
+    let released = false;
+    return () => {
+      if (released) return;
+      released = true;
+      if (--entry.count > 0) return;
+      this.stopWatch(mailboxId, entry);
+    };
+  }
+
+  private stopWatch(mailboxId: string, w: MailboxWatch): void {
+    w.stopped = true;
+    if (w.timer !== null) clearTimeout(w.timer);
+    w.timer = null;
+    for (const watcher of w.watchers.splice(0)) watcher.close();
+    if (this.watches.get(mailboxId) === w) this.watches.delete(mailboxId);
+  }
+
+  private async startWatch(mailboxId: string, w: MailboxWatch): Promise<void> {
+    let folder: MaildirFolder;
+    try {
+      folder = await this.folderById(mailboxId);
+    } catch {
+      return; // gone: nothing to watch
+    }
+    if (w.stopped || this.closed) return;
+    const rescan = (): void => {
+      w.timer = null;
+      if (w.stopped || this.closed || folder.gone) return;
+      folder.load().then(
+        () => {
+          // a change in the same clock tick as the one just seen: look again once it is safe
+          const again = folder.recheckInMs();
+          if (again !== null && !w.stopped && w.timer === null) w.timer = setTimeout(rescan, again);
+        },
+        (err: unknown) => {
+          if (err instanceof FolderGoneError) this.stopWatch(mailboxId, w);
+          else this.logger.warn({ err, mailbox: folder.path }, 'rescan after a file-system event failed');
+        },
+      );
+    };
+    const onEvent = (): void => {
+      if (w.timer === null && !w.stopped) w.timer = setTimeout(rescan, WATCH_DEBOUNCE_MS);
+    };
+    for (const sub of ['new', 'cur']) {
+      try {
+        const watcher = watch(join(folder.dir, sub), { persistent: false }, onEvent);
+        watcher.on('error', () => watcher.close());
+        w.watchers.push(watcher);
+      } catch (err) {
+        this.logger.warn({ err, mailbox: folder.path }, 'cannot watch the mailbox for outside changes (they are seen at the next command)');
+      }
+    }
+  }
+
   async usage(user: string): Promise<number> {
     return this.guard(async () => {
       let total = 0;
@@ -419,6 +593,7 @@ export class MaildirStore extends EventEmitter implements MailStore {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
+    for (const [id, w] of [...this.watches]) this.stopWatch(id, w);
     // Let operations in flight finish.
     for (const u of this.users.values()) {
       await u.tree.run(async () => undefined);
@@ -451,6 +626,7 @@ export class MaildirStore extends EventEmitter implements MailStore {
       if (err instanceof FolderGoneError) throw new StoreError('TRYCREATE', `Mailbox ${targetPath} does not exist`);
       throw err;
     }
+    if (!move) await this.checkQuota(this.userState(source.user), source.sizeOf(uids));
     const sources = await source.linkInto(target, uids);
     if (sources.length === 0) return { uidValidity: target.uidValidity, sourceUids: [], destinationUids: [] };
     let destinationUids: number[];
@@ -482,7 +658,7 @@ export class MaildirStore extends EventEmitter implements MailStore {
     if (u === undefined) {
       const root = this.maildirFor(user);
       if (!isAbsolute(root)) throw new Error(`maildirFor(${user}) must return an absolute path`);
-      u = { name: user, root, folders: new Map(), tree: new SimpleMutex() };
+      u = { name: user, root, folders: new Map(), tree: new SimpleMutex(), quotaFolders: [], quotaListedAt: 0 };
       this.users.set(user, u);
     }
     return u;
