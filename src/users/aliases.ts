@@ -29,11 +29,10 @@
  * they do not change (comments, blank lines, other entries with their continuation lines)
  * is written back byte for byte.
  */
-import { closeSync, fstatSync, openSync, readFileSync, statSync } from 'node:fs';
-import * as fsp from 'node:fs/promises';
 import path from 'node:path';
 import type { Logger } from '../log/logger.js';
-import { FileUpdateError, fileSignature, isErrno, lockFile, writeFileAtomic } from './file-update.js';
+import { FileUpdateError } from './file-update.js';
+import { WatchedFile } from './watched-file.js';
 
 export interface Alias {
   /** The key as written, lower-cased: `info` or `info@mail.example`. */
@@ -312,26 +311,27 @@ export class AliasDb {
   readonly file: string;
   private readonly logger: Logger | undefined;
   private readonly localDomains: string[];
-  private readonly checkIntervalMs: number;
-  private readonly lockTimeoutMs: number;
-  private snap: Snapshot = EMPTY;
-  private sig: string | null = null;
-  private lastCheck = 0;
-  private lastProblems: string[] = [];
-  private writeChain: Promise<unknown> = Promise.resolve();
+  private readonly watched: WatchedFile<Snapshot>;
 
   constructor(file: string, options: AliasDbOptions = {}) {
     this.file = path.resolve(file);
     this.logger = options.logger;
     this.localDomains = (options.localDomains ?? []).map((d) => d.toLowerCase().replace(/\.$/, ''));
-    this.checkIntervalMs = options.checkIntervalMs ?? 1000;
-    this.lockTimeoutMs = options.lockTimeoutMs ?? 10_000;
+    this.watched = new WatchedFile<Snapshot>({
+      file: this.file,
+      noun: 'aliases',
+      empty: EMPTY,
+      parse: (text) => this.build(text),
+      count: (snap) => snap.order.length,
+      logger: this.logger,
+      checkIntervalMs: options.checkIntervalMs,
+      lockTimeoutMs: options.lockTimeoutMs,
+    });
   }
 
   /** Problems found the last time the file was read ("file:line: message"). */
   get problems(): readonly string[] {
-    this.refresh();
-    return this.lastProblems;
+    return this.watched.problems;
   }
 
   /**
@@ -339,28 +339,25 @@ export class AliasDb {
    * is one, else the bare key `local`. Undefined when there is no such alias.
    */
   lookup(localPart: string, domain: string): readonly string[] | undefined {
-    this.refresh();
-    const qualified = this.snap.byKey.get(`${localPart}@${domain}`);
+    const snap = this.watched.snapshot;
+    const qualified = snap.byKey.get(`${localPart}@${domain}`);
     if (qualified) return qualified.targets;
-    return this.snap.byKey.get(localPart)?.targets;
+    return snap.byKey.get(localPart)?.targets;
   }
 
   /** The alias with exactly this key (lower-cased). */
   get(name: string): Alias | undefined {
-    this.refresh();
-    return this.snap.byKey.get(name.toLowerCase());
+    return this.watched.snapshot.byKey.get(name.toLowerCase());
   }
 
   /** All aliases in file order. */
   list(): Alias[] {
-    this.refresh();
-    return this.snap.order.map((a) => ({ name: a.name, targets: [...a.targets] }));
+    return this.watched.snapshot.order.map((a) => ({ name: a.name, targets: [...a.targets] }));
   }
 
   /** Re-reads the file now (SIGHUP). */
   reload(): void {
-    this.lastCheck = Date.now();
-    this.load();
+    this.watched.reload();
   }
 
   /**
@@ -426,61 +423,6 @@ export class AliasDb {
 
   // -------------------------------------------------------------------------------------
 
-  private refresh(): void {
-    const now = Date.now();
-    if (this.sig !== null && now - this.lastCheck < this.checkIntervalMs) return;
-    this.lastCheck = now;
-    let sig: string;
-    try {
-      sig = fileSignature(statSync(this.file));
-    } catch (err) {
-      if (isErrno(err, 'ENOENT')) sig = 'missing';
-      else {
-        this.logger?.error({ file: this.file, err: (err as Error).message }, 'cannot stat the aliases file');
-        if (this.sig === null) this.sig = 'error';
-        return;
-      }
-    }
-    if (sig !== this.sig) this.load();
-  }
-
-  private load(): void {
-    let fd: number;
-    try {
-      fd = openSync(this.file, 'r');
-    } catch (err) {
-      if (isErrno(err, 'ENOENT')) {
-        if (this.sig !== 'missing' && this.sig !== null) this.logger?.warn({ file: this.file }, 'aliases file is gone: no aliases');
-        this.install(EMPTY, [], 'missing');
-        return;
-      }
-      this.logger?.error({ file: this.file, err: (err as Error).message }, 'cannot read the aliases file; keeping the previous aliases');
-      if (this.sig === null) this.sig = 'error';
-      return;
-    }
-    try {
-      const st = fstatSync(fd);
-      const text = readFileSync(fd, 'utf8');
-      const { snap, problems } = this.build(text);
-      this.install(snap, problems, fileSignature(st));
-      this.logger?.debug({ file: this.file, aliases: snap.order.length }, 'aliases loaded');
-    } catch (err) {
-      this.logger?.error({ file: this.file, err: (err as Error).message }, 'cannot read the aliases file; keeping the previous aliases');
-      if (this.sig === null) this.sig = 'error';
-    } finally {
-      closeSync(fd);
-    }
-  }
-
-  private install(snap: Snapshot, problems: string[], sig: string): void {
-    if (problems.join('\n') !== this.lastProblems.join('\n')) {
-      for (const p of problems) this.logger?.warn({ file: this.file }, p);
-    }
-    this.snap = snap;
-    this.lastProblems = problems;
-    this.sig = sig;
-  }
-
   private build(text: string): { doc: AliasDocument; snap: Snapshot; problems: string[] } {
     const { doc, problems } = parseAliases(text, this.localDomains);
     const snap: Snapshot = { byKey: new Map(), order: [] };
@@ -493,43 +435,14 @@ export class AliasDb {
     return { doc, snap, problems: problems.map((p) => `${this.file}:${p.line}: ${p.message}`) };
   }
 
-  private modify(change: (doc: AliasDocument) => void): Promise<void> {
-    const run = async () => {
-      const release = await this.lockOrThrow();
-      try {
-        let text = '';
-        let owner: { uid: number; gid: number } | null = null;
-        try {
-          text = await fsp.readFile(this.file, 'utf8');
-          const st = await fsp.stat(this.file);
-          owner = { uid: st.uid, gid: st.gid };
-        } catch (err) {
-          if (!isErrno(err, 'ENOENT')) throw new AliasDbError('io', `cannot read ${this.file}: ${(err as Error).message}`);
-        }
+  /** Locked read-modify-write of the file. */
+  private async modify(change: (doc: AliasDocument) => void): Promise<void> {
+    try {
+      await this.watched.update((text) => {
         const { doc } = this.build(text);
         change(doc);
-        const out = serializeAliases(doc);
-        const target = await fsp.realpath(this.file).catch(() => this.file);
-        try {
-          await writeFileAtomic(target, out, owner);
-        } catch (err) {
-          throw err instanceof FileUpdateError ? new AliasDbError(err.code, err.message) : err;
-        }
-        const rebuilt = this.build(out);
-        this.install(rebuilt.snap, rebuilt.problems, fileSignature(await fsp.stat(this.file)));
-        this.lastCheck = Date.now();
-      } finally {
-        await release();
-      }
-    };
-    const p = this.writeChain.then(run, run);
-    this.writeChain = p.catch(() => undefined);
-    return p;
-  }
-
-  private async lockOrThrow(): Promise<() => Promise<void>> {
-    try {
-      return await lockFile(this.file, this.lockTimeoutMs);
+        return serializeAliases(doc);
+      });
     } catch (err) {
       throw err instanceof FileUpdateError ? new AliasDbError(err.code, err.message) : err;
     }

@@ -12,12 +12,11 @@
  * fsync), rename it over the file and fsync the directory. Readers therefore only ever see a
  * whole old file or a whole new one, and two writers never lose each other's changes.
  */
-import { closeSync, fstatSync, openSync, readFileSync, statSync } from 'node:fs';
-import * as fsp from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
 import path from 'node:path';
 import type { Logger } from '../log/logger.js';
-import { FileUpdateError, fileSignature as signature, isErrno, lockFile, writeFileAtomic } from './file-update.js';
+import { FileUpdateError } from './file-update.js';
+import { WatchedFile } from './watched-file.js';
 import { checkPassword, describeScheme, hashPassword, MAX_PASSWORD_BYTES } from './password-hash.js';
 import {
   appendLine,
@@ -108,19 +107,11 @@ export class UserDb {
   readonly file: string;
   private readonly logger: Logger | undefined;
   private readonly localDomains: string[];
-  private readonly checkIntervalMs: number;
-  private readonly lockTimeoutMs: number;
   private readonly maxVerifications: number;
   private verifying = 0;
   private readonly verifyQueue: Array<() => void> = [];
 
-  private snap: Snapshot = EMPTY;
-  /** Signature of the file we loaded; 'missing' when it did not exist; null before loading. */
-  private sig: string | null = null;
-  private lastCheck = 0;
-  private lastProblems: string[] = [];
-  /** Serializes this instance's own writes (the lock file serializes processes). */
-  private writeChain: Promise<unknown> = Promise.resolve();
+  private readonly watched: WatchedFile<Snapshot>;
 
   /**
    * `new UserDb(file)`, `new UserDb(file, logger, options)` or
@@ -134,15 +125,22 @@ export class UserDb {
     this.file = path.resolve(file);
     this.logger = loggerOrOptions ?? options.logger;
     this.localDomains = (options.localDomains ?? []).map((d) => d.toLowerCase());
-    this.checkIntervalMs = options.checkIntervalMs ?? 1000;
-    this.lockTimeoutMs = options.lockTimeoutMs ?? 10_000;
+    this.watched = new WatchedFile<Snapshot>({
+      file: this.file,
+      noun: 'users',
+      empty: EMPTY,
+      parse: (text) => this.build(text),
+      count: (snap) => snap.order.length,
+      logger: this.logger,
+      checkIntervalMs: options.checkIntervalMs,
+      lockTimeoutMs: options.lockTimeoutMs,
+    });
     this.maxVerifications = Math.max(1, options.maxConcurrentVerifications ?? 2);
   }
 
   /** Problems found the last time the file was read ("file:line: message"). */
   get problems(): readonly string[] {
-    this.refresh();
-    return this.lastProblems;
+    return this.watched.problems;
   }
 
   /**
@@ -150,14 +148,12 @@ export class UserDb {
    * entry `alice`, and `alice` finds `alice@<local domain>` when only that is in the file.
    */
   get(name: string): User | undefined {
-    this.refresh();
-    return this.find(this.snap, name)?.user;
+    return this.find(this.watched.snapshot, name)?.user;
   }
 
   /** All users, in file order. */
   list(): User[] {
-    this.refresh();
-    return this.snap.order.map((e) => e.user);
+    return this.watched.snapshot.order.map((e) => e.user);
   }
 
   /**
@@ -185,9 +181,9 @@ export class UserDb {
   }
 
   private async authenticateNow(username: string, password: string | Buffer): Promise<User | null> {
-    this.refresh();
+    const snap = this.watched.snapshot;
     const pwBytes = typeof password === 'string' ? Buffer.byteLength(password) : password.length;
-    const entry = username.length <= 320 && pwBytes <= MAX_PASSWORD_BYTES ? this.find(this.snap, username) : undefined;
+    const entry = username.length <= 320 && pwBytes <= MAX_PASSWORD_BYTES ? this.find(snap, username) : undefined;
     if (!entry) {
       await this.dummyVerify(password);
       return null;
@@ -203,8 +199,7 @@ export class UserDb {
 
   /** Re-reads the file now (SIGHUP). */
   reload(): void {
-    this.lastCheck = Date.now();
-    this.load();
+    this.watched.reload();
   }
 
   /** Adds a user (a bare name) with a new {ARGON2ID} hash. */
@@ -288,64 +283,6 @@ export class UserDb {
     return snap.byName.get(local) ?? snap.byName.get(`${local}@${domain}`);
   }
 
-  /** Stat at most every checkIntervalMs; reload when the file changed. */
-  private refresh(): void {
-    const now = Date.now();
-    if (this.sig !== null && now - this.lastCheck < this.checkIntervalMs) return;
-    this.lastCheck = now;
-    let sig: string;
-    try {
-      sig = signature(statSync(this.file));
-    } catch (err) {
-      if (isErrno(err, 'ENOENT')) sig = 'missing';
-      else {
-        this.logger?.error({ file: this.file, err: (err as Error).message }, 'cannot stat the users file');
-        if (this.sig === null) this.sig = 'error';
-        return;
-      }
-    }
-    if (sig !== this.sig) this.load();
-  }
-
-  /** Reads and parses the file (synchronously: it is small, and only read when it changed). */
-  private load(): void {
-    let fd: number;
-    try {
-      fd = openSync(this.file, 'r');
-    } catch (err) {
-      if (isErrno(err, 'ENOENT')) {
-        if (this.sig !== 'missing' && this.sig !== null) this.logger?.warn({ file: this.file }, 'users file is gone: no users');
-        this.install(EMPTY, [], 'missing');
-        return;
-      }
-      this.logger?.error({ file: this.file, err: (err as Error).message }, 'cannot read the users file; keeping the previous users');
-      if (this.sig === null) this.sig = 'error';
-      return;
-    }
-    try {
-      const st = fstatSync(fd);
-      const text = readFileSync(fd, 'utf8');
-      const { snap, problems } = this.build(text);
-      this.install(snap, problems, signature(st));
-      this.logger?.debug({ file: this.file, users: snap.order.length }, 'users loaded');
-    } catch (err) {
-      this.logger?.error({ file: this.file, err: (err as Error).message }, 'cannot read the users file; keeping the previous users');
-      if (this.sig === null) this.sig = 'error';
-    } finally {
-      closeSync(fd);
-    }
-  }
-
-  /** Makes a parsed file current; its problems are logged when they differ from the last ones. */
-  private install(snap: Snapshot, problems: string[], sig: string): void {
-    if (problems.join('\n') !== this.lastProblems.join('\n')) {
-      for (const p of problems) this.logger?.warn({ file: this.file }, p);
-    }
-    this.snap = snap;
-    this.lastProblems = problems;
-    this.sig = sig;
-  }
-
   private build(text: string): { doc: PasswdDocument; snap: Snapshot; problems: string[] } {
     const { doc, problems } = parsePasswd(text);
     const snap: Snapshot = { byName: new Map(), order: [] };
@@ -377,58 +314,19 @@ export class UserDb {
    * Read-modify-write under the lock. `change` edits the freshly read document (it may
    * throw a UserDbError to abort); `after` sees the snapshot that was written.
    */
-  private modify(
-    change: (doc: PasswdDocument, snap: Snapshot) => void,
-    after?: (snap: Snapshot) => void,
-  ): Promise<void> {
-    const run = async () => {
-      const release = await this.lock();
-      try {
-        let text = '';
-        let owner: { uid: number; gid: number } | null = null;
-        try {
-          text = await fsp.readFile(this.file, 'utf8');
-          const st = await fsp.stat(this.file);
-          owner = { uid: st.uid, gid: st.gid };
-        } catch (err) {
-          if (!isErrno(err, 'ENOENT')) throw ioError(`cannot read ${this.file}`, err);
-        }
+  /** Locked read-modify-write of the file; `after` sees the snapshot as written. */
+  private async modify(change: (doc: PasswdDocument, snap: Snapshot) => void, after?: (snap: Snapshot) => void): Promise<void> {
+    let written: Snapshot;
+    try {
+      written = await this.watched.update((text) => {
         const { doc, snap } = this.build(text);
         change(doc, snap);
-        const out = serializePasswd(doc);
-        // A symlinked users file stays a symlink: we replace what it points to.
-        const target = await fsp.realpath(this.file).catch(() => this.file);
-        const sig = await this.writeAtomic(target, out, owner);
-        const rebuilt = this.build(out);
-        this.install(rebuilt.snap, rebuilt.problems, sig);
-        this.lastCheck = Date.now();
-        after?.(rebuilt.snap);
-      } finally {
-        await release();
-      }
-    };
-    const p = this.writeChain.then(run, run);
-    this.writeChain = p.catch(() => undefined);
-    return p;
-  }
-
-  /** Temp file (0600, fsync) + rename + directory fsync. Returns the new file's signature. */
-  private async writeAtomic(target: string, text: string, owner: { uid: number; gid: number } | null): Promise<string> {
-    try {
-      await writeFileAtomic(target, text, owner);
+        return serializePasswd(doc);
+      });
     } catch (err) {
       throw toUserDbError(err);
     }
-    return signature(await fsp.stat(this.file));
-  }
-
-  /** Takes `<file>.lock`; returns its release function. */
-  private async lock(): Promise<() => Promise<void>> {
-    try {
-      return await lockFile(this.file, this.lockTimeoutMs);
-    } catch (err) {
-      throw toUserDbError(err);
-    }
+    after?.(written);
   }
 }
 
