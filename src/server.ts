@@ -7,7 +7,10 @@ import type { AddressInfo } from 'node:net';
 import path from 'node:path';
 import { loadConfig } from './config/load.js';
 import type { Config } from './config/types.js';
-import { OutboundQueue } from './delivery/queue.js';
+import { createLocalDelivery } from './delivery/local.js';
+import { OutboundQueue, type EnqueueInput } from './delivery/queue.js';
+import { NextHopResolver } from './delivery/resolver.js';
+import { DeliveryScheduler, directConnector, torConnector } from './delivery/scheduler.js';
 import { createImapServer } from './imap/imap-server.js';
 import type { Logger } from './log/logger.js';
 import { AuthThrottle } from './smtp/auth-throttle.js';
@@ -75,6 +78,8 @@ export class OnionpostServer {
   private startedAt = 0;
   private onion: OnionPublisher | null = null;
   private lastReload: ServerStatus['lastReload'] = null;
+  /** Outbound delivery (started after the listeners, as the daemon user). */
+  scheduler: DeliveryScheduler | null = null;
 
   constructor(
     /** The running config; SIGHUP replaces the parts that can change without a restart. */
@@ -141,6 +146,14 @@ export class OnionpostServer {
       onionRatePerMinute: config.relay.onionRatePerMinute,
       clearnet: config.relay.clearnet,
     });
+    // What SMTP queues wakes the scheduler at once (in-process signal).
+    const queue = {
+      enqueue: async (input: EnqueueInput) => {
+        const entry = await this.queue.enqueue(input);
+        this.scheduler?.wake();
+        return entry;
+      },
+    };
     const authenticate = async (username: string, password: string): Promise<{ id: string; username: string } | null> => {
       const user = await this.users.authenticate(username, password);
       if (!user) return null;
@@ -157,7 +170,7 @@ export class OnionpostServer {
       maxRecipients: config.smtp.maxRecipients,
       logger,
       tls: { key: tls.key, cert: tls.cert },
-      queue: this.queue,
+      queue,
       relay,
     });
     const tlsOptions = { key: tls.key, cert: tls.cert };
@@ -167,7 +180,7 @@ export class OnionpostServer {
       createSubmissionServer({
         domain: config.domain,
         store: this.store,
-        queue: this.queue,
+        queue,
         resolveRecipient: (address: string) => resolver.resolve(address),
         authenticate: async (username: string, password: string) => (await this.users.authenticate(username, password))?.name ?? null,
         throttle,
@@ -222,6 +235,7 @@ export class OnionpostServer {
       options.afterListen?.();
       this.started = true;
       this.startedAt = Date.now();
+      await this.startDelivery(resolver, relay);
       this.listening.push(...result);
       await this.startOnion(options.onionWaitMs ?? 5000);
     } catch (err) {
@@ -229,6 +243,40 @@ export class OnionpostServer {
       throw err;
     }
     return result;
+  }
+
+  /** The outbound scheduler: queue -> local store or Tor's SOCKS port. */
+  private async startDelivery(recipients: RecipientResolver, relay: RelayPolicy): Promise<void> {
+    const { config, logger } = this;
+    const d = config.delivery;
+    if (d.direct) {
+      logger.warn('[delivery] direct = true: outbound mail is sent WITHOUT Tor, with local DNS lookups; this reveals the server. Only for tests and clearnet setups.');
+    }
+    this.scheduler = new DeliveryScheduler({
+      queue: this.queue,
+      domain: config.domain,
+      localDomains: config.localDomains,
+      resolver: new NextHopResolver({ clearnet: config.relay.clearnet, resolver: config.tor.dns ?? undefined }),
+      connect: d.direct
+        ? directConnector({ timeoutMs: d.connectTimeout, logger })
+        : torConnector({ socks: () => this.config.tor.socks, timeoutMs: d.connectTimeout }),
+      route: d.direct ? 'DIRECT (no Tor)' : `tor socks ${config.tor.socks.host}:${config.tor.socks.port}`,
+      deliverLocal: createLocalDelivery({
+        store: this.store,
+        resolveRecipient: (address) => recipients.resolve(address),
+        prepareRecipient: (user) => this.ensureUser(user),
+        enqueue: (input) => this.queue.enqueue(input),
+        canReach: (address, domain) => relay.destination(address, domain).ok,
+        logger,
+      }),
+      retryMs: config.queue.retry,
+      maxAgeMs: config.queue.maxAge,
+      delayWarningMs: config.queue.delayWarning,
+      concurrency: config.queue.concurrency,
+      startTls: d.starttls,
+      logger,
+    });
+    await this.scheduler.start();
   }
 
   /** Publishes `<data_dir>/onion/` through Tor's control port, if there is a key and a control port. */
@@ -346,6 +394,9 @@ export class OnionpostServer {
       l.server.close().catch((err: unknown) => this.logger.warn({ err, listener: l.name }, 'error while closing')),
     );
     await Promise.all(closing);
+    // Deliveries in flight get a few seconds; what is cut stays queued.
+    await this.scheduler?.stop();
+    this.scheduler = null;
     // After the listeners: removing the onion would cut the circuits of transactions in flight.
     await this.onion?.stop();
     this.onion = null;

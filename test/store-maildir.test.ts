@@ -1078,3 +1078,145 @@ describe('Dovecot interoperability', () => {
     }
   });
 });
+
+// -------------------------------------------------------------------------------------
+// Message cache slots, quota, file-system watch
+// -------------------------------------------------------------------------------------
+
+describe('message cache file (onionpost-cache)', () => {
+  it('survives a restart; copies are written too; stale, foreign and torn lines are never served', async () => {
+    await withMaildir(async ({ root, store, reopen }) => {
+      store.setMessageCacheBuilder((raw) => `built:${raw.length}`);
+      const a = await store.append(USER, 'INBOX', message('a'));
+      const b = await store.append(USER, 'INBOX', message('b'));
+      store.setMessageCacheBuilder(null);
+      const c = await store.append(USER, 'INBOX', message('c'));
+      await store.setMessageCache(a.mailboxId, [{ uid: c.uid, cache: 'set later' }]);
+      const copied = await store.copyMessages(a.mailboxId, [a.uid], 'Archive');
+      const id = a.mailboxId;
+      const text = readFileSync(join(root, 'onionpost-cache'), 'utf8');
+      assert.match(text, /^onionpost-cache 1 \d+ [0-9a-f]{32}\n/);
+
+      let s2 = await reopen();
+      const metas = await s2.getMessages(id, [a.uid, b.uid, c.uid], { cache: true });
+      assert.deepEqual(
+        metas.map((m) => m.cache),
+        [`built:${message('a').length}`, `built:${message('b').length}`, 'set later'],
+      );
+      const archive = await s2.openMailbox(USER, 'Archive');
+      assert.equal((await s2.getMessages(archive!.id, copied.destinationUids, { cache: true }))[0].cache, `built:${message('a').length}`);
+
+      // a torn last line (crash while appending) and a line naming another file for a UID
+      const lines = readFileSync(join(root, 'onionpost-cache'), 'utf8').split('\n');
+      const bLine = lines.findIndex((l) => l.startsWith(`${b.uid} `));
+      lines[bLine] = `${b.uid} not-the-file-of-b stale data`;
+      writeFileSync(join(root, 'onionpost-cache'), lines.join('\n') + `${c.uid} ${'x'} torn`);
+      s2 = await reopen();
+      const again = await s2.getMessages(id, [a.uid, b.uid, c.uid], { cache: true });
+      assert.equal(again[0].cache, `built:${message('a').length}`);
+      assert.equal(again[1].cache, undefined, 'a line for another file is ignored');
+      assert.equal(again[2].cache, 'set later', 'the torn line is ignored, the earlier one kept');
+      // the damaged file was rewritten: appending is safe again
+      assert.ok(readFileSync(join(root, 'onionpost-cache'), 'utf8').endsWith('\n'));
+      await s2.setMessageCache(id, [{ uid: b.uid, cache: 'fresh b' }]);
+      s2 = await reopen();
+      assert.equal((await s2.getMessages(id, [b.uid], { cache: true }))[0].cache, 'fresh b');
+
+      // a file of another incarnation of the folder (other UIDVALIDITY) is not used
+      const foreign = readFileSync(join(root, 'onionpost-cache'), 'utf8').replace(/^onionpost-cache 1 \d+/, 'onionpost-cache 1 1');
+      writeFileSync(join(root, 'onionpost-cache'), foreign);
+      s2 = await reopen();
+      assert.deepEqual(
+        (await s2.getMessages(id, [a.uid, b.uid], { cache: true })).map((m) => m.cache),
+        [undefined, undefined],
+      );
+    });
+  });
+
+  it('is compacted when most of its lines belong to expunged messages', async () => {
+    await withMaildir(async ({ root, store, reopen }) => {
+      store.setMessageCacheBuilder(() => 'x'.repeat(50));
+      const rs = [];
+      for (let i = 0; i < 300; i++) rs.push(await store.append(USER, 'INBOX', message(`m${i}`), { flags: i < 290 ? ['\\Deleted'] : [] }));
+      await store.expunge(rs[0].mailboxId);
+      const s2 = await reopen();
+      await s2.getMessages(rs[0].mailboxId, [rs[299].uid], { cache: true });
+      const lines = readFileSync(join(root, 'onionpost-cache'), 'utf8').trimEnd().split('\n');
+      assert.equal(lines.length, 1 + 10, 'header + the 10 live messages');
+    });
+  });
+});
+
+describe('quota', () => {
+  it('appends and copies over the limit fail with OVERQUOTA; moves and expunges still work', async () => {
+    let limit: number | null = 4000;
+    await withMaildir(
+      async ({ store }) => {
+        const big = message('big', 'x'.repeat(1500) + '\r\n');
+        const a = await store.append(USER, 'INBOX', big);
+        await store.append(USER, 'Sent', big);
+        assert.ok((await store.usage(USER)) < 4000);
+        await assert.rejects(store.append(USER, 'INBOX', big), isCode('OVERQUOTA'));
+        await assert.rejects(store.copyMessages(a.mailboxId, [a.uid], 'Archive'), isCode('OVERQUOTA'));
+        const q = await store.quota(USER);
+        assert.deepEqual(q, { used: await store.usage(USER), limit: 4000 });
+        // a move does not grow the mailbox
+        const moved = await store.moveMessages(a.mailboxId, [a.uid], 'Archive');
+        assert.equal(moved.destinationUids.length, 1);
+        // small enough still fits
+        await store.append(USER, 'INBOX', message('small'));
+        // after removing mail, there is room again (the quota view follows our own changes)
+        const archive = await store.openMailbox(USER, 'Archive');
+        await store.storeFlags(archive!.id, archive!.uids, { action: 'add', flags: ['\\Deleted'] });
+        await store.expunge(archive!.id);
+        await store.append(USER, 'INBOX', big);
+        // null / 0: unlimited
+        limit = 0;
+        assert.equal((await store.quota(USER)).limit, null);
+        for (let i = 0; i < 3; i++) await store.append(USER, 'INBOX', big);
+      },
+      { quotaFor: () => limit },
+    );
+  });
+});
+
+describe('file-system watch (watchMailbox)', () => {
+  it('a file dropped into new/ by other software is journaled and announced promptly, without any call', async () => {
+    await withMaildir(async ({ root, store, events }) => {
+      const snap = await store.openMailbox(USER, 'INBOX');
+      assert.ok(snap);
+      const stop = store.watchMailbox(snap.id);
+      try {
+        await settle();
+        events.length = 0;
+        const t0 = Date.now();
+        const name = '1790000001.M1P1.mda';
+        await writeFile(join(root, 'tmp', name), 'Subject: watched\r\n\r\nx\r\n');
+        await rename(join(root, 'tmp', name), join(root, 'new', name));
+        while (!events.some((e) => e.mailboxId === snap.id) && Date.now() - t0 < 2000) await new Promise((r) => setTimeout(r, 2));
+        const took = Date.now() - t0;
+        assert.ok(events.some((e) => e.mailboxId === snap.id), 'announced');
+        assert.ok(took < 150, `announced after ${took} ms`);
+        assert.deepEqual(
+          (await store.changesSince(snap.id, snap.highestModseq)).map((c) => c.command),
+          ['EXISTS'],
+        );
+        // a flag change by renaming in cur/ too
+        const cur = readdirSync(join(root, 'cur')).find((n) => n.startsWith(name));
+        assert.ok(cur);
+        events.length = 0;
+        await rename(join(root, 'cur', cur), join(root, 'cur', `${name}:2,S`));
+        const t1 = Date.now();
+        while (!events.some((e) => e.mailboxId === snap.id) && Date.now() - t1 < 2000) await new Promise((r) => setTimeout(r, 2));
+        assert.ok(events.some((e) => e.mailboxId === snap.id), 'flag change announced');
+      } finally {
+        stop();
+      }
+      // after the last watch ended, nothing is announced without a call
+      events.length = 0;
+      await writeFile(join(root, 'new', '1790000002.M1P1.mda'), 'Subject: unwatched\r\n\r\nx\r\n');
+      await new Promise((r) => setTimeout(r, 200));
+      assert.equal(events.length, 0);
+    });
+  });
+});

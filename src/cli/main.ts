@@ -12,6 +12,8 @@ const COMMANDS: Record<string, { summary: string; load: () => Promise<{ default:
   alias: { summary: 'manage aliases: alias add|del|list', load: () => import('./alias.js') },
   check: { summary: 'validate the config and print the effective settings', load: () => import('./check.js') },
   status: { summary: 'show whether the daemon runs: listeners, onion, users, queue', load: () => import('./status.js') },
+  sendmail: { summary: 'queue a message from standard input (sendmail(8) options: -t -f -F -i -oi ...)', load: () => import('./sendmail.js') },
+  queue: { summary: 'the outbound queue: queue list|show|flush|delete', load: () => import('./queue.js') },
   'client-config': { summary: 'print mutt, Thunderbird and mbsync settings for a user', load: () => import('./client-config.js') },
 };
 

@@ -3,6 +3,7 @@ import { readFileSync } from 'node:fs';
 import { isIP } from 'node:net';
 import path from 'node:path';
 import { parse as parseToml, TomlError } from 'smol-toml';
+import { parseDuration } from './duration.js';
 import { KEYS, type KeyKind, type KeySpec } from './schema.js';
 import { parseControlAddress, type ControlAddress } from './tor-address.js';
 import type { Config, LogLevel } from './types.js';
@@ -85,7 +86,44 @@ function validate(where: string, spec: KeySpec, raw: unknown): Value {
         fail(where, spec, raw, `expected one of ${kind.values.map((v) => `"${v}"`).join(', ')}`);
       }
       return raw;
+    case 'duration': {
+      const allowed = `expected a duration such as "90s", "15m", "4h", "5d" (between ${kind.min / 1000}s and ${kind.max / 86_400_000}d)${kind.allowOff ? ', or "" to turn it off' : ''}`;
+      if (kind.allowOff && (raw === '' || raw === '0' || raw === 0)) return '';
+      const ms = typeof raw === 'string' ? parseDuration(raw) : null;
+      if (ms === null || ms < kind.min || ms > kind.max) fail(where, spec, raw, allowed);
+      return raw as string;
+    }
+    case 'durations': {
+      const allowed = `expected a list of durations such as ["1m", "5m", "1h"] (each between ${kind.min / 1000}s and ${kind.max / 86_400_000}d)`;
+      if (!Array.isArray(raw) || raw.length === 0) fail(where, spec, raw, allowed);
+      for (const d of raw as unknown[]) {
+        const ms = typeof d === 'string' ? parseDuration(d) : null;
+        if (ms === null || ms < kind.min || ms > kind.max) fail(where, spec, raw, allowed);
+      }
+      return raw as string[];
+    }
+    case 'hostport': {
+      if (typeof raw === 'string' && raw.trim() === '' && kind.allowEmpty) return '';
+      if (typeof raw !== 'string' || parseHostPort(raw) === null) {
+        fail(where, spec, raw, `expected "IP:PORT" such as "127.0.0.1:9050" (an IP address, not a name)${kind.allowEmpty ? ', or ""' : ''}`);
+      }
+      return raw.trim();
+    }
   }
+}
+
+/** "127.0.0.1:9050" / "[::1]:9050" -> host and port; null when malformed or not an IP literal. */
+export function parseHostPort(text: string): { host: string; port: number } | null {
+  const t = text.trim();
+  const m = /^\[([0-9a-fA-F:.]+)\]:(\d{1,5})$/.exec(t) ?? /^([0-9.]+):(\d{1,5})$/.exec(t);
+  if (!m) return null;
+  const port = Number(m[2]);
+  if (isIP(m[1]!) === 0 || port < 1 || port > 65535) return null;
+  return { host: m[1]!, port };
+}
+
+function durationOf(value: Value): number | null {
+  return typeof value === 'string' && value !== '' ? parseDuration(value) : null;
 }
 
 function isTable(v: unknown): v is TomlTable {
@@ -224,13 +262,26 @@ export function loadConfigDetailed(
       aliases: str('users.aliases') !== '' ? path.resolve(base, str('users.aliases')) : inData('aliases'),
       postmaster: str('users.postmaster').trim() || null,
     },
-    queue: { dir: inData('queue') },
+    queue: {
+      dir: inData('queue'),
+      retry: (values.get('queue.retry') as string[]).map((d) => parseDuration(d)!),
+      maxAge: durationOf(values.get('queue.max_age')!)!,
+      delayWarning: durationOf(values.get('queue.delay_warning')!),
+      concurrency: num('queue.concurrency'),
+    },
+    delivery: {
+      starttls: str('delivery.starttls') as Config['delivery']['starttls'],
+      connectTimeout: durationOf(values.get('delivery.connect_timeout')!)!,
+      direct: bool('delivery.direct'),
+    },
     store: { type: 'maildir', maildir: str('store.maildir') },
     log: { level: str('log.level') as LogLevel },
     tor: {
       control: torControl(where, str('tor.control')),
       controlPassword: str('tor.control_password'),
       cookieFile: str('tor.cookie_file') !== '' ? path.resolve(base, str('tor.cookie_file')) : null,
+      socks: parseHostPort(str('tor.socks'))!,
+      dns: str('tor.dns') !== '' ? str('tor.dns') : null,
     },
     daemon: { user: str('daemon.user').trim() || null, group: str('daemon.group').trim() || null },
   };

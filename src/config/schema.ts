@@ -13,7 +13,13 @@ export type KeyKind =
   | { type: 'bool' }
   | { type: 'domain' }
   | { type: 'domains' }
-  | { type: 'enum'; values: readonly string[] };
+  | { type: 'enum'; values: readonly string[] }
+  /** "90s", "5m", "4h", "5d" (see config/duration.ts); `allowOff`: also "" or "0" (disabled). */
+  | { type: 'duration'; min: number; max: number; allowOff?: boolean }
+  /** A non-empty list of durations. */
+  | { type: 'durations'; min: number; max: number }
+  /** "IP:PORT" (an IP literal, never a name: no DNS); `allowEmpty`: "" is allowed. */
+  | { type: 'hostport'; allowEmpty?: boolean };
 
 export interface KeySpec {
   /** Dotted TOML path, e.g. "smtp.port". */
@@ -53,6 +59,15 @@ export const KEYS: readonly KeySpec[] = [
   { key: 'tor.control', kind: { type: 'string', allowEmpty: true }, default: '127.0.0.1:9051' },
   { key: 'tor.control_password', kind: { type: 'string', allowEmpty: true }, default: '' },
   { key: 'tor.cookie_file', kind: { type: 'string', allowEmpty: true }, default: '' },
+  { key: 'tor.socks', kind: { type: 'hostport' }, default: '127.0.0.1:9050' },
+  { key: 'tor.dns', kind: { type: 'hostport', allowEmpty: true }, default: '127.0.0.1:9053' },
+  { key: 'queue.retry', kind: { type: 'durations', min: 1000, max: 7 * 86_400_000 }, default: ['1m', '5m', '15m', '30m', '1h', '2h', '4h'] },
+  { key: 'queue.max_age', kind: { type: 'duration', min: 1000, max: 365 * 86_400_000 }, default: '5d' },
+  { key: 'queue.delay_warning', kind: { type: 'duration', min: 1000, max: 365 * 86_400_000, allowOff: true }, default: '4h' },
+  { key: 'queue.concurrency', kind: { type: 'int', min: 1, max: 100 }, default: 4 },
+  { key: 'delivery.starttls', kind: { type: 'enum', values: ['opportunistic', 'required', 'none'] }, default: 'opportunistic' },
+  { key: 'delivery.connect_timeout', kind: { type: 'duration', min: 1000, max: 3_600_000 }, default: '2m' },
+  { key: 'delivery.direct', kind: { type: 'bool' }, default: false },
   { key: 'daemon.user', kind: { type: 'string', allowEmpty: true }, default: '' },
   { key: 'daemon.group', kind: { type: 'string', allowEmpty: true }, default: '' },
 ];

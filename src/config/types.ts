@@ -67,6 +67,22 @@ export interface Config {
   queue: {
     /** Outbound queue spool directory, absolute path (<data_dir>/queue). */
     dir: string;
+    /** Waits between attempts, ms: the n-th retry waits retry[n-1]; the last one repeats. */
+    retry: number[];
+    /** After this long in the queue (ms), a message that still fails temporarily is bounced. */
+    maxAge: number;
+    /** A "delayed" DSN to the sender once a message has waited this long (ms); null: never. */
+    delayWarning: number | null;
+    /** Destination domains delivered to in parallel. */
+    concurrency: number;
+  };
+  delivery: {
+    /** STARTTLS to the next hop: use when offered (no certificate check), insist, or never. */
+    starttls: 'opportunistic' | 'required' | 'none';
+    /** Longest wait for a connection through Tor (SOCKS CONNECT, rendezvous), ms. */
+    connectTimeout: number;
+    /** Connect without Tor (tests, clearnet-only hosts): names resolved by the system. Loud in the log. */
+    direct: boolean;
   };
   store: {
     type: 'maildir';
@@ -86,6 +102,10 @@ export interface Config {
     controlPassword: string;
     /** Cookie file to read instead of the one Tor names (absolute); null: Tor's. */
     cookieFile: string | null;
+    /** Tor's SocksPort: every outbound SMTP connection goes through it. */
+    socks: { host: string; port: number };
+    /** Tor's DNSPort, "ip:port", for MX queries of clearnet domains only; null: none. */
+    dns: string | null;
   };
   daemon: {
     /** When started as root: switch to this user (name or uid) after binding; null: stay. */

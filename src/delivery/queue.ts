@@ -39,6 +39,16 @@ export interface QueueRecipient {
   lastAttempt?: number;
   /** The last error or remote reply, for logs, `queue` listings and bounces. */
   lastError?: string;
+  /** SMTP reply code of lastError, when it was a server's reply. */
+  lastCode?: number;
+  /** The host that gave lastError (a remote reply) or accepted the message. */
+  remoteMta?: string;
+  /** RFC 3463 status of the last outcome (e.g. 5.1.1, 4.4.7), for bounces. */
+  enhanced?: string;
+  /** A failed recipient: its DSN was queued (or none was due: the null sender). */
+  bounced?: boolean;
+  /** A pending recipient: the delay warning was queued (or none was due). */
+  warned?: boolean;
 }
 
 /** Where a queued message came from. */

@@ -1,7 +1,15 @@
 /**
- * One SMTP transaction over an already open stream (normally from `openTorConnection`), with
- * nodemailer's SMTP client: EHLO with our onion name, STARTTLS when offered (by default without
- * certificate verification: an onion address authenticates its host), MAIL/RCPT/DATA, QUIT.
+ * SMTP over an already open stream (normally from `openTorConnection`), with nodemailer's SMTP
+ * client: EHLO with our onion name, STARTTLS when offered (by default without certificate
+ * verification: an onion address authenticates its host), MAIL/RCPT/DATA (pipelined when the
+ * server offers PIPELINING), QUIT.
+ *
+ * - `openSmtpSession` sets a session up once (greeting, EHLO, STARTTLS, EHLO) and then carries
+ *   several transactions, one after the other (`send`): the scheduler delivers every queued
+ *   message for one domain over one connection, i.e. one Tor circuit. After a transaction that
+ *   ended with the reply to the message data, the next MAIL starts a new one (RFC 5321 4.1.4);
+ *   after one that failed half-way (MAIL, RCPT or DATA refused) an RSET comes first.
+ * - `runSmtpTransaction`: one session, one message, QUIT.
  *
  * Never throws for what the server or the network does: the result says, per recipient, whether
  * the message was delivered, failed temporarily (retry) or permanently (bounce).
@@ -31,27 +39,13 @@ export interface SmtpTransactionResult {
 
 export type StartTlsMode = 'opportunistic' | 'required' | 'none';
 
-export interface SmtpTransactionOptions {
-  /** A connected stream to the server (it may be paused; it is resumed here). Closed at the end. */
-  socket: net.Socket;
-  /** The peer's host name, for TLS SNI and messages. */
-  host: string;
-  /** EHLO name: our onion domain. Required: the default would be the machine's host name. */
-  ehloName: string;
+export interface SmtpTransactionOptions extends SmtpSessionOptions {
   envelope: { from: string; to: string[] };
   /** The raw message (RFC 5322), already with our headers. */
   message: Buffer | string | Readable;
-  /** STARTTLS policy, default 'opportunistic'. */
-  startTls?: StartTlsMode;
-  /** Verify the server's certificate (default false: onion transport is authenticated already). */
-  verifyCertificate?: boolean;
-  /** Time for the greeting and EHLO/STARTTLS (default 5 min, RFC 5321 4.5.3.2). */
-  greetingTimeoutMs?: number;
-  /** Inactivity limit once the session is set up (default 10 min, the DATA-termination limit). */
-  socketTimeoutMs?: number;
 }
 
-interface SmtpError extends Error {
+export interface SmtpError extends Error {
   code?: string;
   responseCode?: number;
   response?: string;
@@ -68,10 +62,32 @@ function describe(err: SmtpError): string {
   return (err.response ?? err.message).trim();
 }
 
-export async function runSmtpTransaction(options: SmtpTransactionOptions): Promise<SmtpTransactionResult> {
+export interface SmtpSessionOptions {
+  /** A connected stream to the server (it may be paused; it is resumed here). Closed at the end. */
+  socket: net.Socket;
+  /** The peer's host name, for TLS SNI and messages. */
+  host: string;
+  /** EHLO name: our onion domain. Required: the default would be the machine's host name. */
+  ehloName: string;
+  /** STARTTLS policy, default 'opportunistic'. */
+  startTls?: StartTlsMode;
+  /** Verify the server's certificate (default false: onion transport is authenticated already). */
+  verifyCertificate?: boolean;
+  /** Time for the greeting and EHLO/STARTTLS (default 5 min, RFC 5321 4.5.3.2). */
+  greetingTimeoutMs?: number;
+  /** Inactivity limit once the session is set up (default 10 min, the DATA-termination limit). */
+  socketTimeoutMs?: number;
+}
+
+export type SessionOpenResult =
+  | { ok: true; session: SmtpSession }
+  /** The session could not be set up: `error` says why, `failedAt` where (CONN, EHLO, STARTTLS). */
+  | { ok: false; error: SmtpError; failedAt: string; tls: boolean };
+
+/** Sets up an SMTP session (greeting, EHLO, STARTTLS per policy). Throws only for bad arguments. */
+export async function openSmtpSession(options: SmtpSessionOptions): Promise<SessionOpenResult> {
   const ehloName = options.ehloName.trim();
   if (!ehloName || /\s/.test(ehloName)) throw new Error('runSmtpTransaction: ehloName must be our mail domain');
-  if (options.envelope.to.length === 0) throw new Error('runSmtpTransaction: no recipients');
   const mode = options.startTls ?? 'opportunistic';
   const greetingTimeout = options.greetingTimeoutMs ?? 300_000;
 
@@ -90,53 +106,119 @@ export async function runSmtpTransaction(options: SmtpTransactionOptions): Promi
     logger: false,
     debug: false,
   });
-  // Errors also arrive through the callbacks; without a listener an 'error' event would throw.
-  let lastError: SmtpError | undefined;
-  conn.on('error', (err: SmtpError) => {
-    lastError = err;
-  });
-
-  const all = (err: SmtpError, fallback: string): SmtpTransactionResult => {
-    const code = err.responseCode;
-    // A TLS requirement of ours that the peer cannot meet is a deferral, like Postfix's "encrypt".
-    const tlsFailure = err.command === 'STARTTLS' || err.code === 'ETLS';
-    return {
-      recipients: options.envelope.to.map((recipient) => ({
-        recipient,
-        status: tlsFailure ? 'temporary' : statusOf(code),
-        ...(code !== undefined ? { code } : {}),
-        response: describe(err) || fallback,
-      })),
-      tls: conn.secure,
-      failedAt: err.command ?? fallback,
-    };
-  };
-
-  let quit = false;
+  const session = new SmtpSession(conn);
   try {
+    // Setup failures (greeting timeout, 5xx greeting, hang-up) come as 'error'/'end' events.
+    await new Promise<void>((resolve, reject) => {
+      const done = (err?: SmtpError): void => {
+        conn.off('error', done);
+        conn.off('end', onEnd);
+        if (err) reject(err);
+        else resolve();
+      };
+      const onEnd = (): void =>
+        done(session.lastError ?? Object.assign(new Error('the server closed the connection before the session was set up'), { code: 'ECONNECTION' }));
+      conn.once('error', done);
+      conn.once('end', onEnd);
+      conn.connect(done);
+    });
+  } catch (err) {
+    const e = err as SmtpError;
+    conn.close();
+    return { ok: false, error: e, failedAt: e.command ?? 'CONN', tls: conn.secure };
+  }
+  return { ok: true, session };
+}
+
+/** Per-recipient results for a failure that hit the whole transaction. */
+function failAll(to: readonly string[], err: SmtpError, fallback: string, tls: boolean): SmtpTransactionResult {
+  const code = err.responseCode;
+  // A TLS requirement of ours that the peer cannot meet is a deferral, like Postfix's "encrypt".
+  const tlsFailure = err.command === 'STARTTLS' || err.code === 'ETLS';
+  return {
+    recipients: to.map((recipient) => ({
+      recipient,
+      status: tlsFailure ? 'temporary' : statusOf(code),
+      ...(code !== undefined ? { code } : {}),
+      response: describe(err) || fallback,
+    })),
+    tls,
+    failedAt: err.command ?? fallback,
+  };
+}
+
+/** Results for a session that could not be set up (see `openSmtpSession`). */
+export function setupFailure(to: readonly string[], failure: Extract<SessionOpenResult, { ok: false }>): SmtpTransactionResult {
+  return failAll(to, failure.error, failure.failedAt, failure.tls);
+}
+
+/** An SMTP session that is set up; transactions run one at a time. */
+export class SmtpSession {
+  /** The last error the connection reported (for messages). */
+  lastError: SmtpError | undefined;
+  private alive = true;
+  /** The previous transaction stopped half-way: RSET before the next MAIL. */
+  private dirty = false;
+  private busy = false;
+  /** Transactions started on this session. */
+  transactions = 0;
+
+  constructor(private readonly conn: SMTPConnection) {
+    // Errors also arrive through the callbacks; without a listener an 'error' event would throw.
+    conn.on('error', (err: SmtpError) => {
+      this.lastError = err;
+      this.alive = false;
+    });
+    conn.on('end', () => {
+      this.alive = false;
+    });
+  }
+
+  /** Whether another transaction can run on this connection. */
+  get usable(): boolean {
+    return this.alive;
+  }
+
+  /** Whether the session is encrypted (STARTTLS). */
+  get tls(): boolean {
+    return this.conn.secure;
+  }
+
+  /** One transaction: MAIL FROM, RCPT TO per recipient, DATA. Never throws for server or network failures. */
+  async send(envelope: { from: string; to: string[] }, message: Buffer | string | Readable): Promise<SmtpTransactionResult> {
+    if (envelope.to.length === 0) throw new Error('runSmtpTransaction: no recipients');
+    if (this.busy) throw new Error('SmtpSession.send: a transaction is already running');
+    this.busy = true;
     try {
-      // Setup failures (greeting timeout, 5xx greeting, hang-up) come as 'error'/'end' events.
-      await new Promise<void>((resolve, reject) => {
-        const done = (err?: SmtpError): void => {
-          conn.off('error', done);
-          conn.off('end', onEnd);
-          if (err) reject(err);
-          else resolve();
-        };
-        const onEnd = (): void =>
-          done(lastError ?? Object.assign(new Error('the server closed the connection before the session was set up'), { code: 'ECONNECTION' }));
-        conn.once('error', done);
-        conn.once('end', onEnd);
-        conn.connect(done);
-      });
-    } catch (err) {
-      return all(err as SmtpError, 'CONN');
+      return await this.transaction(envelope, message);
+    } finally {
+      this.busy = false;
     }
-    const envelope = { from: options.envelope.from, to: options.envelope.to };
+  }
+
+  private async transaction(envelope: { from: string; to: string[] }, message: Buffer | string | Readable): Promise<SmtpTransactionResult> {
+    const conn = this.conn;
+    if (!this.alive) {
+      const err = this.lastError ?? Object.assign(new Error('the connection is closed'), { code: 'ECONNECTION' });
+      return failAll(envelope.to, err, 'CONN', conn.secure);
+    }
+    if (this.dirty) {
+      try {
+        await new Promise<void>((resolve, reject) => conn.reset((err: SmtpError | null) => (err ? reject(err) : resolve())));
+        this.dirty = false;
+      } catch (err) {
+        // A server that refuses RSET is in no state for another transaction.
+        this.alive = false;
+        conn.close();
+        return failAll(envelope.to, err as SmtpError, 'RSET', conn.secure);
+      }
+    }
+    this.transactions++;
+    this.dirty = true;
     let info: { accepted: string[]; rejected: string[]; rejectedErrors?: SmtpError[]; response: string };
     try {
       info = await new Promise((resolve, reject) =>
-        conn.send(envelope, options.message, (err: SmtpError | null, result?: unknown) =>
+        conn.send({ from: envelope.from, to: envelope.to }, message, (err: SmtpError | null, result?: unknown) =>
           err ? reject(err) : resolve(result as typeof info),
         ),
       );
@@ -146,7 +228,7 @@ export async function runSmtpTransaction(options: SmtpTransactionOptions): Promi
         // Every recipient was refused, each with its own reply.
         const byRecipient = new Map(e.rejectedErrors.map((r) => [r.recipient, r]));
         return {
-          recipients: options.envelope.to.map((recipient) => {
+          recipients: envelope.to.map((recipient) => {
             const r = byRecipient.get(recipient);
             return r
               ? { recipient, status: statusOf(r.responseCode), ...(r.responseCode ? { code: r.responseCode } : {}), response: describe(r) }
@@ -156,29 +238,50 @@ export async function runSmtpTransaction(options: SmtpTransactionOptions): Promi
           failedAt: 'RCPT TO',
         };
       }
-      return all(e, e.command ?? 'DATA');
+      return failAll(envelope.to, e, e.command ?? 'DATA', conn.secure);
     }
+    // The reply to the message data ends the transaction: the next MAIL needs no RSET.
+    this.dirty = false;
     const rejected = new Map((info.rejectedErrors ?? []).map((r) => [r.recipient, r]));
     const accepted = new Set(info.accepted);
     const finalCode = Number(/^\d{3}/.exec(info.response)?.[0]) || undefined;
-    const result: SmtpTransactionResult = {
-      recipients: options.envelope.to.map((recipient): RecipientResult => {
+    return {
+      recipients: envelope.to.map((recipient): RecipientResult => {
         const r = rejected.get(recipient);
         if (r) return { recipient, status: statusOf(r.responseCode), ...(r.responseCode ? { code: r.responseCode } : {}), response: describe(r) };
         if (accepted.has(recipient)) return { recipient, status: 'delivered', ...(finalCode ? { code: finalCode } : {}), response: info.response };
-        return { recipient, status: 'temporary', response: lastError ? describe(lastError) : 'no reply for this recipient' };
+        return { recipient, status: 'temporary', response: this.lastError ? describe(this.lastError) : 'no reply for this recipient' };
       }),
       tls: conn.secure,
     };
-    quit = true;
-    return result;
-  } finally {
-    if (quit) {
-      // QUIT politely; nodemailer closes on the 221. A server that never answers is cut off.
-      conn.quit();
-      setTimeout(() => conn.close(), 5000).unref();
-    } else {
-      conn.close();
-    }
   }
+
+  /** QUIT politely (nodemailer closes on the 221); a server that never answers is cut off after 5 s. */
+  quit(): void {
+    if (!this.alive) {
+      this.conn.close();
+      return;
+    }
+    this.alive = false;
+    this.conn.quit();
+    setTimeout(() => this.conn.close(), 5000).unref();
+  }
+
+  /** Closes at once, without QUIT. */
+  close(): void {
+    this.alive = false;
+    this.conn.close();
+  }
+}
+
+export async function runSmtpTransaction(options: SmtpTransactionOptions): Promise<SmtpTransactionResult> {
+  if (options.envelope.to.length === 0) throw new Error('runSmtpTransaction: no recipients');
+  const opened = await openSmtpSession(options);
+  if (!opened.ok) return setupFailure(options.envelope.to, opened);
+  const { session } = opened;
+  const result = await session.send(options.envelope, options.message);
+  // QUIT after a complete transaction; after a failure the connection is simply closed.
+  if (result.failedAt === undefined) session.quit();
+  else session.close();
+  return result;
 }

@@ -44,7 +44,8 @@ export type TorConnectErrorCode =
   | 'ONION_INVALID_ADDRESS'
   | 'ONION_INTRO_TIMEOUT'
   | 'UNKNOWN_REPLY'
-  | 'CONNECTION_LOST';
+  | 'CONNECTION_LOST'
+  | 'DIRECT_FAILED';
 
 export class TorConnectError extends Error {
   override readonly name = 'TorConnectError';
@@ -357,5 +358,48 @@ function classifySocksFailure(
   }
   return new TorConnectError(`SOCKS handshake with ${proxy} for ${host}:${port} failed: ${message}`, 'SOCKS_PROTOCOL', 'temporary', host, port, undefined, {
     cause: err,
+  });
+}
+
+export interface DirectConnectionOptions {
+  host: string;
+  port: number;
+  timeoutMs?: number;
+}
+
+/**
+ * Direct mode (`[delivery] direct = true`): a plain TCP connection WITHOUT Tor, the name
+ * resolved by the operating system. It reveals this machine's address and its DNS queries,
+ * and cannot reach onion services; it exists for tests and clearnet-only setups, and the
+ * scheduler logs a warning for every such connection. Resolves with a paused socket, like
+ * `openTorConnection`. Failures are temporary TorConnectErrors (code DIRECT_FAILED).
+ */
+export async function openDirectConnection(options: DirectConnectionOptions): Promise<net.Socket> {
+  const { port } = options;
+  if (!Number.isInteger(port) || port < 1 || port > 65535) {
+    throw new TorConnectError(`invalid destination port ${port}`, 'INVALID_DESTINATION', 'permanent', options.host, port);
+  }
+  const host = normalizeHost(options.host, port);
+  if (isOnionDomain(host)) {
+    throw new TorConnectError(`${host} is an onion service: it can only be reached through Tor, not in direct mode`, 'DIRECT_FAILED', 'temporary', host, port);
+  }
+  const timeoutMs = options.timeoutMs ?? DEFAULT_TOR_CONNECT_TIMEOUT_MS;
+  return new Promise<net.Socket>((resolve, reject) => {
+    const sock = net.connect({ host, port });
+    const timer = setTimeout(() => {
+      sock.destroy();
+      reject(new TorConnectError(`no connection to ${host}:${port} within ${timeoutMs} ms (direct, without Tor)`, 'DIRECT_FAILED', 'temporary', host, port));
+    }, timeoutMs);
+    sock.once('connect', () => {
+      clearTimeout(timer);
+      sock.removeAllListeners('error');
+      sock.pause();
+      resolve(sock);
+    });
+    sock.once('error', (err: NodeJS.ErrnoException) => {
+      clearTimeout(timer);
+      sock.destroy();
+      reject(new TorConnectError(`cannot connect to ${host}:${port} (direct, without Tor): ${err.code ?? err.message}`, 'DIRECT_FAILED', 'temporary', host, port, undefined, { cause: err }));
+    });
   });
 }

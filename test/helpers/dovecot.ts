@@ -227,7 +227,8 @@ function configText(o: { dir: string; port: number; mailRoot: string; usersFile:
     `mail_gid = ${account.gid}`,
     `mail_location = maildir:${o.mailRoot}/%u`,
     // Dovecot's stock settings otherwise (fsync, index files in the Maildir, IDLE checks).
-    `default_client_limit = ${Math.max(1000, o.max * 2)}`,
+    // auth and anvil serve every login process at once (imap-login + imap-urlauth-login).
+    `default_client_limit = ${Math.max(1000, 2 * (o.max + 20) + 100)}`,
     `default_process_limit = ${Math.max(100, o.max + 20)}`,
     ...(root
       ? []

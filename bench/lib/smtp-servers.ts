@@ -1,0 +1,376 @@
+/**
+ * The servers of `npm run bench:smtp`: the real onionpost daemon in its own process, and
+ * OpenSMTPD (when installed, and only as root) on loopback, delivering to Maildir.
+ *
+ * OpenSMTPD facts this relies on (Debian's opensmtpd 6.8):
+ * - one smtpd per machine (queue, control socket and pid file are compiled-in paths): when
+ *   one is already running, the bench leaves it alone and skips OpenSMTPD;
+ * - it delivers only as real system users with a home (never as root): the bench creates a
+ *   user of its own when missing (home in the bench's temp dir) and deletes only that user;
+ * - it looks up every client's name before the greeting, which stalls without reachable
+ *   DNS: it runs in a private mount namespace (`unshare -m`) where /etc/resolv.conf is a
+ *   bind-mounted file saying `lookup file` (hosts file only);
+ * - it ends a session after 100 messages unless `smtp limit max-mails N`.
+ */
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import { chmod, chown, mkdir, readdir, unlink, writeFile } from 'node:fs/promises';
+import net from 'node:net';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { freePort } from '../../test/helpers/ports.js';
+
+/** Project root (dist/bench/lib -> root). */
+export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
+const BIN = path.join(ROOT, 'bin', 'onionpost.js');
+
+export interface BenchServer {
+  name: string;
+  port: number;
+  pid: number;
+  /** The Maildir (folder with cur/ new/ tmp/) a recipient's messages end up in. */
+  maildirOf(user: string): string;
+  stop(): Promise<void>;
+  /** Last lines of the server's stderr, for error messages. */
+  log(): string;
+}
+
+function keepTail(max: number): { add: (s: string) => void; get: () => string } {
+  let text = '';
+  return {
+    add: (s) => {
+      text += s;
+      if (text.length > max * 2) text = text.slice(-max);
+    },
+    get: () => text.slice(-max),
+  };
+}
+
+/** Resolves once `port` answers with a 220 greeting (or rejects after timeoutMs). */
+export async function waitForGreeting(port: number, timeoutMs: number, exited: () => string | null): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const why = exited();
+    if (why !== null) throw new Error(why);
+    const ok = await new Promise<boolean>((resolve) => {
+      const s = net.connect({ host: '127.0.0.1', port });
+      let buf = '';
+      const done = (v: boolean): void => {
+        s.destroy();
+        resolve(v);
+      };
+      s.setTimeout(3000, () => done(false));
+      s.on('error', () => done(false));
+      s.on('data', (d) => {
+        buf += d.toString('latin1');
+        if (buf.includes('\r\n')) {
+          s.write('QUIT\r\n');
+          done(buf.startsWith('220'));
+        }
+      });
+    });
+    if (ok) return;
+    if (Date.now() > deadline) throw new Error(`no SMTP greeting on port ${port} within ${timeoutMs} ms`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+export interface OnionpostOptions {
+  dir: string;
+  domain: string;
+  users: string[];
+  /** Directory for `node --cpu-prof` output of the daemon. */
+  cpuProfDir?: string;
+}
+
+/** Starts `onionpost start` (SMTP on a free port, IMAP on another, no submission, no Tor). */
+export async function startOnionpost(options: OnionpostOptions): Promise<BenchServer> {
+  const { dir, domain } = options;
+  await mkdir(dir, { recursive: true });
+  const usersFile = path.join(dir, 'users.passwd');
+  // Inbound SMTP needs the user names only; nobody logs in, so the password field is locked.
+  await writeFile(usersFile, options.users.map((u) => `${u}:!::::::\n`).join(''), { mode: 0o600 });
+  const port = await freePort();
+  const imapPort = await freePort();
+  const configFile = path.join(dir, 'onionpost.toml');
+  await writeFile(
+    configFile,
+    [
+      'data_dir = "data"',
+      `domain = ${JSON.stringify(domain)}`,
+      '[smtp]',
+      `port = ${port}`,
+      'max_recipients = 100',
+      '[submission]',
+      'port = 0',
+      'tls_port = 0',
+      '[imap]',
+      `port = ${imapPort}`,
+      'tls_port = 0',
+      '[users]',
+      `file = ${JSON.stringify(usersFile)}`,
+      '[log]',
+      'level = "warn"',
+      '[tor]',
+      'control = ""',
+      '',
+    ].join('\n'),
+  );
+  const nodeArgs = options.cpuProfDir ? ['--cpu-prof', `--cpu-prof-dir=${options.cpuProfDir}`] : [];
+  const child = spawn(process.execPath, [...nodeArgs, BIN, '--config', configFile, 'start'], { cwd: dir, stdio: ['ignore', 'pipe', 'pipe'] });
+  const err = keepTail(4000);
+  let out = '';
+  child.stdout!.setEncoding('utf8').on('data', (d: string) => (out = (out + d).slice(-4000)));
+  child.stderr!.setEncoding('utf8').on('data', (d: string) => err.add(d));
+  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+  await waitForGreeting(port, 30_000, () => (child.exitCode !== null || child.signalCode !== null ? `onionpost exited (${child.exitCode ?? child.signalCode})\n${out}\n${err.get()}` : null));
+  const dataDir = path.join(dir, 'data');
+  return {
+    name: 'onionpost',
+    port,
+    pid: child.pid!,
+    maildirOf: (user) => path.join(dataDir, 'mail', user),
+    log: () => err.get(),
+    async stop() {
+      if (child.exitCode === null && child.signalCode === null) child.kill('SIGTERM');
+      const timer = setTimeout(() => child.kill('SIGKILL'), 20_000);
+      await exited;
+      clearTimeout(timer);
+    },
+  };
+}
+
+/** The smtpd binary, or null when OpenSMTPD is not installed. */
+export function findSmtpd(): string | null {
+  for (const dir of (process.env.PATH ?? '').split(':').concat(['/usr/sbin', '/usr/local/sbin'])) {
+    if (!dir) continue;
+    const p = path.join(dir, 'smtpd');
+    if (existsSync(p)) return p;
+  }
+  return null;
+}
+
+/** Why OpenSMTPD cannot run here, or null when it can. */
+export function opensmtpdUnavailable(): string | null {
+  if (findSmtpd() === null) return 'not installed (Debian: apt-get install opensmtpd)';
+  if (process.getuid?.() !== 0) return 'needs root (it delivers as a system user and binds its queue)';
+  if (spawnSync('unshare', ['--version']).status !== 0) return 'needs unshare(1) for a private mount namespace';
+  const running = smtpdPids();
+  if (running.length > 0) return `an smtpd is already running (pid ${running.join(', ')}); only one fits on a machine`;
+  return null;
+}
+
+/** Pids of processes named smtpd (from /proc; Linux). */
+function smtpdPids(): number[] {
+  const pids: number[] = [];
+  let entries: string[] = [];
+  try {
+    entries = readdirSync('/proc');
+  } catch {
+    return pids;
+  }
+  for (const e of entries) {
+    if (!/^\d+$/.test(e)) continue;
+    try {
+      if (readFileSync(`/proc/${e}/comm`, 'utf8').trim() === 'smtpd') pids.push(Number(e));
+    } catch {
+      // gone
+    }
+  }
+  return pids;
+}
+
+/** Pids in process group `pgid` (from /proc). */
+function groupPids(pgid: number): number[] {
+  const pids: number[] = [];
+  for (const e of readdirSync('/proc')) {
+    if (!/^\d+$/.test(e)) continue;
+    try {
+      const stat = readFileSync(`/proc/${e}/stat`, 'utf8');
+      // pid (comm) state ppid pgrp ...: comm may contain spaces, so split after the last ')'
+      const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      if (Number(fields[2]) === pgid) pids.push(Number(e));
+    } catch {
+      // gone
+    }
+  }
+  return pids;
+}
+
+function run(cmd: string, args: string[]): { ok: boolean; out: string } {
+  const r = spawnSync(cmd, args, { encoding: 'utf8' });
+  return { ok: r.status === 0, out: `${r.stdout ?? ''}${r.stderr ?? ''}`.trim() };
+}
+
+/**
+ * Removes what the bench left in OpenSMTPD's queue (a run cut short), so that it is not
+ * retried the next time an smtpd starts on this machine: only envelopes whose sender or
+ * recipient is in `domain` or `client.<domain>`; nothing else in the queue is touched.
+ */
+function removeBenchEnvelopes(smtpd: string, domain: string): void {
+  const smtpctl = path.join(path.dirname(smtpd), 'smtpctl');
+  if (!existsSync(smtpctl)) return;
+  const show = spawnSync(smtpctl, ['show', 'queue'], { encoding: 'utf8', timeout: 10_000 });
+  if (show.status !== 0) return;
+  const ours = (addr: string | undefined): boolean => !!addr && (addr.endsWith(`@${domain}`) || addr.endsWith(`.${domain}`));
+  for (const line of show.stdout.split('\n')) {
+    // evpid|family|type|flags|sender|original recipient|destination|...
+    const f = line.split('|');
+    if (f.length < 7 || !/^[0-9a-f]{16}$/.test(f[0]!)) continue;
+    if (ours(f[4]) || ours(f[5]) || ours(f[6])) spawnSync(smtpctl, ['remove', f[0]!], { timeout: 10_000 });
+  }
+}
+
+export interface OpensmtpdOptions {
+  dir: string;
+  domain: string;
+  /** System user that receives the mail (created when missing, deleted again at stop). */
+  user: string;
+  maxMails: number;
+}
+
+/** Starts OpenSMTPD; call opensmtpdUnavailable() first. */
+export async function startOpensmtpd(options: OpensmtpdOptions): Promise<BenchServer> {
+  const { dir, domain, user } = options;
+  const smtpd = findSmtpd()!;
+  await mkdir(dir, { recursive: true });
+  // The delivery runs as `user`, whose home is below `dir`: every level must be traversable.
+  await chmod(dir, 0o711);
+  const home = path.join(dir, 'home');
+
+  const existing = run('getent', ['passwd', user]);
+  let created = false;
+  let userHome: string;
+  if (existing.ok) {
+    userHome = existing.out.split(':')[5] ?? '';
+    if (!userHome || !existsSync(userHome)) throw new Error(`user ${user} exists but has no home directory`);
+  } else {
+    const add = run('useradd', ['--home-dir', home, '--no-create-home', '--shell', '/bin/sh', '--user-group', '--comment', 'onionpost bench (temporary)', user]);
+    if (!add.ok) throw new Error(`useradd ${user} failed: ${add.out}`);
+    created = true;
+    userHome = home;
+    await mkdir(home, { mode: 0o700 });
+    const ids = run('id', ['-u', user]).out;
+    const gid = run('id', ['-g', user]).out;
+    await chown(home, Number(ids), Number(gid));
+  }
+  const removeUser = (): void => {
+    if (created) {
+      const del = run('userdel', [user]);
+      if (!del.ok) console.error(`bench: userdel ${user} failed: ${del.out}`);
+      created = false;
+    }
+  };
+
+  try {
+    const port = await freePort();
+    const aliases = path.join(dir, 'aliases');
+    await writeFile(aliases, '# bench: no aliases\npostmaster: root\n', { mode: 0o644 });
+    const conf = path.join(dir, 'smtpd.conf');
+    await writeFile(
+      conf,
+      [
+        `table aliases file:${aliases}`,
+        `smtp limit max-mails ${options.maxMails}`,
+        `listen on 127.0.0.1 port ${port} hostname ${domain}`,
+        'action "local" maildir "~/mail" alias <aliases>',
+        `match from any for domain "${domain}" action "local"`,
+        '',
+      ].join('\n'),
+      { mode: 0o644 },
+    );
+    const check = run(smtpd, ['-n', '-f', conf]);
+    if (!check.ok) throw new Error(`smtpd -n rejected the config: ${check.out}`);
+    const resolv = path.join(dir, 'resolv.conf');
+    await writeFile(resolv, 'lookup file\n', { mode: 0o644 });
+
+    // A private mount namespace with our resolv.conf; its own process group, so that
+    // every smtpd process it forks can be found (and ended) by that group at stop.
+    const child: ChildProcess = spawn(
+      'unshare',
+      ['--mount', '--propagation', 'private', '--', 'sh', '-c', 'mount --bind "$0" /etc/resolv.conf && exec "$1" -d -f "$2"', resolv, smtpd, conf],
+      { stdio: ['ignore', 'ignore', 'pipe'], detached: true },
+    );
+    const err = keepTail(4000);
+    child.stderr!.setEncoding('utf8').on('data', (d: string) => err.add(d));
+    const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+    const pgid = child.pid!;
+    const stop = async (): Promise<void> => {
+      if (child.exitCode === null && child.signalCode === null) {
+        removeBenchEnvelopes(smtpd, domain);
+        child.kill('SIGTERM');
+      }
+      const timer = setTimeout(() => child.kill('SIGKILL'), 10_000);
+      await exited;
+      clearTimeout(timer);
+      // Its privilege-separated children normally leave with it; make sure.
+      for (let i = 0; i < 50 && groupPids(pgid).length > 0; i++) await new Promise((r) => setTimeout(r, 100));
+      const left = groupPids(pgid);
+      if (left.length > 0) {
+        try {
+          process.kill(-pgid, 'SIGKILL');
+        } catch {
+          // gone meanwhile
+        }
+      }
+    };
+    try {
+      await waitForGreeting(port, 20_000, () => (child.exitCode !== null || child.signalCode !== null ? `smtpd exited (${child.exitCode ?? child.signalCode})\n${err.get()}` : null));
+    } catch (e) {
+      await stop();
+      throw e;
+    }
+    return {
+      name: 'OpenSMTPD',
+      port,
+      pid: child.pid!,
+      maildirOf: () => path.join(userHome, 'mail'),
+      log: () => err.get(),
+      async stop() {
+        await stop();
+        removeUser();
+      },
+    };
+  } catch (e) {
+    removeUser();
+    throw e;
+  }
+}
+
+/** Messages in a Maildir (new/ + cur/); 0 when it does not exist yet. */
+export async function countMaildir(maildir: string): Promise<number> {
+  let n = 0;
+  for (const sub of ['new', 'cur']) {
+    try {
+      n += (await readdir(path.join(maildir, sub))).length;
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+    }
+  }
+  return n;
+}
+
+/** Removes the messages of a Maildir (new/ and cur/), for servers that keep no index of it. */
+export async function emptyMaildir(maildir: string): Promise<void> {
+  for (const sub of ['new', 'cur']) {
+    let names: string[] = [];
+    try {
+      names = await readdir(path.join(maildir, sub));
+    } catch {
+      continue;
+    }
+    for (const n of names) await unlink(path.join(maildir, sub, n)).catch(() => undefined);
+  }
+}
+
+/** Waits until the Maildir holds `count` messages; resolves with the time it happened (performance.now()). */
+export async function waitForMaildir(maildir: string, count: number, timeoutMs: number): Promise<{ at: number; count: number }> {
+  const deadline = performance.now() + timeoutMs;
+  for (;;) {
+    const n = await countMaildir(maildir);
+    const now = performance.now();
+    if (n >= count) return { at: now, count: n };
+    if (now > deadline) return { at: now, count: n };
+    await new Promise((r) => setTimeout(r, 5));
+  }
+}

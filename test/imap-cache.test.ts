@@ -1,0 +1,200 @@
+/**
+ * The persisted metadata cache: ENVELOPE/BODYSTRUCTURE and the search headers live in the
+ * store's per-message cache slot, so after a restart metadata FETCH and header SEARCH read
+ * no message file. Also the file-system watch: a file dropped into the Maildir by other
+ * software reaches an IDLE session without any command.
+ */
+import assert from 'node:assert/strict';
+import { mkdtemp, rename, rm, writeFile } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { performance } from 'node:perf_hooks';
+import { after, describe, it } from 'node:test';
+import { pino } from 'pino';
+import { createImapServer, type ImapServer } from '../src/imap/imap-server.js';
+import { MaildirStore } from '../src/store/maildir/maildir-store.js';
+import { ImapWire } from './helpers/imap-wire.js';
+
+const USER = 'alice';
+const PASSWORD = 'pw pw pw';
+
+const crlf = (lines: string[]): Buffer => Buffer.from(lines.join('\r\n') + '\r\n', 'utf8');
+
+function sample(i: number): Buffer {
+  const b = `b${i}x`;
+  return crlf([
+    `From: =?UTF-8?Q?J=C3=BCri_${i}?= <juri${i}@example.onion>`,
+    'To: Alice <alice@example.onion>',
+    `Subject: =?UTF-8?B?${Buffer.from(`Teade nr ${i} – ülevaade`).toString('base64')}?=`,
+    `Date: Mon, ${1 + (i % 28)} Sep 2026 10:00:00 +0200`,
+    `Message-ID: <m${i}@example.onion>`,
+    'MIME-Version: 1.0',
+    `Content-Type: multipart/mixed; boundary="${b}"`,
+    '',
+    `--${b}`,
+    'Content-Type: text/plain; charset=utf-8',
+    'Content-Transfer-Encoding: quoted-printable',
+    '',
+    `Tere, see on s=C3=B5num ${i}.`,
+    `--${b}`,
+    'Content-Type: application/pdf; name="f.pdf"',
+    'Content-Transfer-Encoding: base64',
+    '',
+    Buffer.from(`%PDF-${i}`).toString('base64'),
+    `--${b}--`,
+  ]);
+}
+
+interface Running {
+  store: MaildirStore;
+  server: ImapServer;
+  reads: { n: number };
+  wire: ImapWire;
+}
+
+async function start(maildirFor: (u: string) => string): Promise<Running> {
+  const store = new MaildirStore({ maildirFor });
+  const reads = { n: 0 };
+  const readMessage = store.readMessage.bind(store);
+  store.readMessage = async (id, uid) => {
+    reads.n++;
+    return readMessage(id, uid);
+  };
+  await store.ensureUser(USER);
+  const server = createImapServer({
+    store,
+    logger: pino({ level: 'silent' }),
+    secure: false,
+    authenticate: async (u, p) => (u === USER && p === PASSWORD ? { id: USER, username: USER } : null),
+    closeTimeout: 100,
+  });
+  await server.listen(0, '127.0.0.1');
+  const wire = await ImapWire.connect(server.address()!.port);
+  await wire.readLine();
+  assert.match((await wire.command(`LOGIN ${USER} "${PASSWORD}"`)).tagged, /OK/);
+  return { store, server, reads, wire };
+}
+
+async function stop(r: Running): Promise<void> {
+  r.wire.close();
+  await r.server.close();
+  await r.store.close();
+}
+
+const METADATA = 'UID FETCH 1:* (UID FLAGS INTERNALDATE RFC822.SIZE ENVELOPE BODYSTRUCTURE)';
+
+describe('metadata cache, persisted with the message', () => {
+  const dirs: string[] = [];
+  after(async () => {
+    for (const d of dirs) await rm(d, { recursive: true, force: true });
+  });
+
+  it('after a restart, metadata FETCH and header SEARCH read no message file (also for a dropped-in file)', async () => {
+    const dir = await mkdtemp(path.join(os.tmpdir(), 'onionpost-imapcache-'));
+    dirs.push(dir);
+    const maildirFor = (u: string): string => path.join(dir, 'mail', u);
+    let r = await start(maildirFor);
+    // through the store (as SMTP delivery does) and through IMAP APPEND
+    for (let i = 0; i < 20; i++) await r.store.append(USER, 'INBOX', sample(i));
+    const appended = sample(20);
+    r.wire.write(`A1 APPEND INBOX {${appended.length}}\r\n`);
+    assert.match(await r.wire.readLine(), /^\+/);
+    r.wire.write(Buffer.concat([appended, Buffer.from('\r\n')]));
+    assert.match((await r.wire.readTagged('A1')).tagged, /^A1 OK/);
+    // and one written by other software: no slot until its first FETCH
+    const name = '1790000000.M1P1.mda';
+    await writeFile(path.join(maildirFor(USER), 'tmp', name), sample(21));
+    await rename(path.join(maildirFor(USER), 'tmp', name), path.join(maildirFor(USER), 'new', name));
+
+    assert.match((await r.wire.command('SELECT INBOX')).text, /\* 22 EXISTS/);
+    r.reads.n = 0;
+    const first = await r.wire.command(METADATA);
+    assert.equal(first.text.match(/ FETCH /g)?.length, 22);
+    assert.equal(r.reads.n, 1, 'only the dropped-in message is read (slots were built at delivery and APPEND)');
+    const body = await r.wire.command('UID FETCH 1:* (BODY)');
+    await stop(r);
+
+    r = await start(maildirFor);
+    await r.wire.command('SELECT INBOX');
+    r.reads.n = 0;
+    const again = await r.wire.command(METADATA);
+    assert.equal(again.text, first.text, 'same answer after the restart');
+    const search = await r.wire.command('UID SEARCH OR SUBJECT "nr 7 – ülevaade" FROM "JÜRI 21"');
+    assert.equal(search.text, '* SEARCH 8 22\r\n');
+    const sent = await r.wire.command('UID SEARCH SENTON 3-Sep-2026 HEADER Message-ID m2@');
+    assert.equal(sent.text, '* SEARCH 3\r\n');
+    assert.equal(r.reads.n, 0, 'no message file read after the restart');
+    // what the slot does not hold still works (and reads)
+    assert.deepEqual((await r.wire.command('UID SEARCH HEADER MIME-Version 1.0')).text.split(' ').length, 23);
+    assert.equal((await r.wire.command('UID FETCH 1:* (BODY)')).text, body.text);
+    await stop(r);
+  });
+
+  it('figures: 1000 messages, cold vs warm vs warm after a restart', async (t) => {
+    const dir = await mkdtemp(path.join(os.tmpdir(), 'onionpost-imapcache-'));
+    dirs.push(dir);
+    const maildirFor = (u: string): string => path.join(dir, 'mail', u);
+    // messages stored without a builder: cold, like a maildir migrated from Dovecot
+    const plain = new MaildirStore({ maildirFor });
+    await plain.ensureUser(USER);
+    for (let i = 0; i < 1000; i++) await plain.append(USER, 'INBOX', sample(i));
+    await plain.close();
+
+    const timed = async (r: Running): Promise<number> => {
+      const t0 = performance.now();
+      const res = await r.wire.command(METADATA, 30000);
+      assert.equal(res.text.match(/ FETCH /g)?.length, 1000);
+      return performance.now() - t0;
+    };
+    let r = await start(maildirFor);
+    await r.wire.command('SELECT INBOX');
+    const cold = await timed(r);
+    const warm = await timed(r);
+    await stop(r);
+    r = await start(maildirFor);
+    const t0 = performance.now();
+    await r.wire.command('SELECT INBOX');
+    const select = performance.now() - t0;
+    r.reads.n = 0;
+    const restarted = await timed(r);
+    assert.equal(r.reads.n, 0);
+    await stop(r);
+    t.diagnostic(
+      `1000 messages, ${METADATA}: cold ${cold.toFixed(0)} ms, warm ${warm.toFixed(0)} ms, ` +
+        `warm after restart ${restarted.toFixed(0)} ms (first SELECT after restart ${select.toFixed(0)} ms)`,
+    );
+    assert.ok(restarted < cold, `after a restart (${restarted} ms) must beat cold (${cold} ms)`);
+  });
+});
+
+describe('outside changes reach IDLE sessions', () => {
+  it('a file dropped into new/ by other software: EXISTS during IDLE without any command', async () => {
+    const dir = await mkdtemp(path.join(os.tmpdir(), 'onionpost-imapwatch-'));
+    const maildirFor = (u: string): string => path.join(dir, 'mail', u);
+    const r = await start(maildirFor);
+    try {
+      await r.store.append(USER, 'INBOX', sample(1));
+      assert.match((await r.wire.command('SELECT INBOX')).text, /\* 1 EXISTS/);
+      r.wire.write('I1 IDLE\r\n');
+      assert.match(await r.wire.readLine(), /^\+ /);
+      // let the racy window of our own append pass, so only the watcher can find the file
+      await new Promise((res) => setTimeout(res, 120));
+      const latencies: number[] = [];
+      for (let i = 0; i < 5; i++) {
+        const name = `179000000${i}.M${i}P1.mda`;
+        await writeFile(path.join(maildirFor(USER), 'tmp', name), sample(100 + i));
+        const t0 = performance.now();
+        await rename(path.join(maildirFor(USER), 'tmp', name), path.join(maildirFor(USER), 'new', name));
+        assert.equal(await r.wire.readLine(2000), `* ${2 + i} EXISTS\r\n`);
+        latencies.push(performance.now() - t0);
+      }
+      r.wire.write('DONE\r\n');
+      assert.match((await r.wire.readTagged('I1')).tagged, /^I1 OK/);
+      const max = Math.max(...latencies);
+      assert.ok(max < 100, `EXISTS after ${latencies.map((l) => l.toFixed(1)).join(', ')} ms`);
+    } finally {
+      await stop(r);
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+});
