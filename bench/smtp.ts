@@ -252,7 +252,7 @@ async function main(): Promise<void> {
         process.stderr.write(
           `  ${cellName(cell)} ${server.name.padEnd(9)} ${fmtRate(m).padStart(7)} msg/s in Maildir, 250s at ${m.ackRate.toFixed(0)}/s, ${m.delivered} messages, ${m.load.connections} connections${m.note ? `; ${m.note}` : ''}\n`,
         );
-        if (m.load.failed > 0 && process.env.BENCH_SMTP_DEBUG) process.stderr.write(`--- ${server.name} log tail ---\n${server.log().slice(-3000)}\n`);
+        if (m.load.failed > 0 && process.env.BENCH_SMTP_DEBUG) process.stderr.write(`--- ${server.name} log (unusual lines) ---\n${server.log().split('\n').filter((l) => !/ mda delivery .*result=Ok| smtp (message|envelope|connected|disconnected reason=quit) /.test(l)).slice(-60).join('\n')}\n`);
         if (server === os_) await emptyMaildir(maildir);
       }
     }

@@ -291,7 +291,7 @@ export async function startOpensmtpd(options: OpensmtpdOptions): Promise<BenchSe
       ['--mount', '--propagation', 'private', '--', 'sh', '-c', 'mount --bind "$0" /etc/resolv.conf && exec "$1" -d -f "$2"', resolv, smtpd, conf],
       { stdio: ['ignore', 'ignore', 'pipe'], detached: true },
     );
-    const err = keepTail(4000);
+    const err = keepTail(process.env.BENCH_SMTP_DEBUG ? 20_000_000 : 4000);
     child.stderr!.setEncoding('utf8').on('data', (d: string) => err.add(d));
     const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
     const pgid = child.pid!;
