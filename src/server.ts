@@ -24,6 +24,7 @@ import { ensureCertificate, type CertificateMaterial } from './tls/certificate.j
 import { OnionPublisher, onionKeyDir, onionPortMap, readOnionKey, type OnionStatus } from './tor/onion-service.js';
 import { AliasDb } from './users/aliases.js';
 import { RecipientResolver } from './users/recipients.js';
+import { userQuotaBytes } from './users/quota-rule.js';
 import { UserDb } from './users/user-db.js';
 
 export interface Listening {
@@ -89,7 +90,20 @@ export class OnionpostServer {
     this.users = new UserDb(config.users.file, { localDomains: config.localDomains, logger });
     this.aliases = new AliasDb(config.users.aliases, { localDomains: config.localDomains, logger });
     this.queue = new OutboundQueue({ dir: config.queue.dir, logger });
-    this.store = new MaildirStore({ maildirFor: (user) => this.maildirFor(user), logger });
+    this.store = new MaildirStore({ maildirFor: (user) => this.maildirFor(user), logger, quotaFor: (user) => this.quotaFor(user) });
+  }
+
+  private readonly badQuotaRules = new Set<string>();
+
+  /** A user's storage limit in bytes (null: unlimited): users-file rule, else [quota] default. */
+  quotaFor(user: string): number | null {
+    const own = userQuotaBytes(this.users.get(user)?.extraFields ?? {}, (message) => {
+      if (this.badQuotaRules.has(`${user}\0${message}`)) return;
+      this.badQuotaRules.add(`${user}\0${message}`);
+      this.logger.warn({ user }, `users file: ${message}; the default quota applies`);
+    });
+    if (own !== undefined) return own;
+    return this.config.quota.default > 0 ? this.config.quota.default : null;
   }
 
   /** The Maildir root of a user, from the `store.maildir` template. */

@@ -228,6 +228,7 @@ describe('daemon lifecycle', () => {
     st = await runCli(['--config', d.configFile, 'status']);
     assert.equal(st.code, 0);
     assert.match(st.stdout, /last reload +\S+ FAILED: config: .*not valid TOML/);
+    for (let i = 0; i < 50 && !/reload: errors; the running settings stay/.test(d.stderr()); i++) await sleep(100); // pino writes asynchronously
     assert.match(d.stderr(), /reload: errors; the running settings stay/);
     assert.equal(await peerFingerprint(d.ports.imaps), await fp('2'));
     assert.match((await old.command('NOOP')).tagged, /OK/);
@@ -322,7 +323,15 @@ describe('daemon lifecycle', () => {
     assert.doesNotMatch(status, /^Groups:.*\b0\b/m, 'no supplementary group root');
     assert.match(status, /^CapEff:\s+0+$/m);
 
+    const st = await runCli(['--config', d.configFile, 'status']);
+    assert.equal(st.code, 0, st.stdout + st.stderr);
+    assert.match(st.stdout, new RegExp(`imap +127\\.0\\.0\\.1:${low} `));
     await addUser(d, 'alice', 'pw'); // as root: the file gets the data dir's owner
+    // The daemon (status above read the users file) would notice within a second; SIGHUP now,
+    // which also re-reads config and certificate as the unprivileged user.
+    d.child.kill('SIGHUP');
+    for (let i = 0; i < 50 && !/"msg":"reloaded"/.test(d.stderr()); i++) await sleep(100);
+    assert.match(d.stderr(), /"msg":"reloaded"/);
     const imap = await login(low, 'alice', 'pw');
     imap.close();
     const smtp = await SmtpWire.connect(d.ports.smtp);

@@ -209,7 +209,8 @@ describe('init and start with a real Tor control port (private Tor network)', { 
   });
   const unreachableThenBack = async (d: Running, relayPort: number): Promise<void> => {
     assert.match(d.out(), new RegExp(`onion +${onion} NOT published: no Tor control port at 127\\.0\\.0\\.1:${relayPort} \\(ECONNREFUSED\\).*retrying in the background`));
-    assert.match(d.err(), /cannot publish .* retrying in the background/);
+    // The log is written asynchronously (pino): wait for the line.
+    await waitFor('the error in the log', async () => (/cannot publish .* retrying in the background/.test(d.err()) ? true : null), 5000);
 
     const links = new Set<net.Socket>();
     const relay = net.createServer((a) => {

@@ -183,6 +183,21 @@ describe('delivery scheduler: queue -> SOCKS -> SMTP, bounces, local delivery', 
     assert.equal(s.enqueued.length, 2, 'no bounce');
   });
 
+  it('mail queued while a connection to its domain is open goes over that connection', async () => {
+    const s = await side();
+    const m1 = message('open-1', `alice@${PEER}`);
+    const m2 = message('open-2', `bob@${PEER}`);
+    await s.queue.enqueue({ from: `carol@${OURS}`, recipients: [`alice@${PEER}`], raw: m1 });
+    const before = socks.requests.length;
+    await s.scheduler.start();
+    await waitFor('the connection', async () => socks.requests.length > before, 5000);
+    await s.queue.enqueue({ from: `carol@${OURS}`, recipients: [`bob@${PEER}`], raw: m2 });
+    s.scheduler.wake();
+    await queueEmpty(s);
+    assert.equal(socks.requests.length - before, 1, 'one connection for both');
+    assert.deepEqual(s.events.map((e) => e.outcome), ['delivered', 'delivered']);
+  });
+
   it('5xx at RCPT is recorded per recipient: one delivered, one bounced with an RFC 3464 DSN; RSET before the next message', async () => {
     const s = await side();
     const m1 = message('partly', `alice@${PEER}, nobody@${PEER}`);

@@ -505,7 +505,7 @@ describe('imap server over a real MaildirStore', () => {
         const uidStore = await wire.command(`UID STORE ${uidBase64} +FLAGS (\\Deleted)`);
         assert.match(uidStore.tagged, /^W3 NO \[READ-ONLY\]/);
         const seqStore = await wire.command('STORE 1 +FLAGS (\\Deleted)');
-        assert.match(seqStore.tagged, /^W4 OK/);
+        assert.match(seqStore.tagged, /^W4 NO \[READ-ONLY\]/);
         const body = await wire.command(`UID FETCH ${uidBase64} (BODY[])`);
         assert.doesNotMatch(body.text, /\\Seen/);
         const expunge = await wire.command('EXPUNGE');

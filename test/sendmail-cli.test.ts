@@ -5,6 +5,7 @@
  * through a SOCKS5 server (standing in for Tor) to a real onionpost port-25 listener.
  */
 import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
 import { mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -12,7 +13,7 @@ import { after, before, describe, it } from 'node:test';
 import type { QueueEntry } from '../src/delivery/queue.js';
 import { randomOnionAddress } from '../src/tor/onion-address.js';
 import { UserDb } from '../src/users/user-db.js';
-import { runCli } from './helpers/cli.js';
+import { BIN, ROOT, runCli } from './helpers/cli.js';
 import { startDaemon, type Daemon } from './helpers/daemon.js';
 import { DOMAIN as PEER, startHarness, type Harness } from './helpers/smtp-harness.js';
 import { startSocksServer, type TestSocksServer } from './helpers/socks5-server.js';
@@ -219,5 +220,33 @@ describe('onionpost sendmail and queue with the daemon running', { timeout: 60_0
     await waitFor('delivery after the flush', async () => (await peer.inbox('alice')).length > before, 5000);
     process.stderr.write(`queue flush -> delivered: ${Date.now() - t0} ms\n`);
     await waitFor('an empty queue', async () => JSON.parse((await cli(['queue', 'list', '--json'])).stdout).length === 0);
+  });
+
+  it('a daemon killed (SIGKILL) in the middle of a delivery loses nothing: the next start delivers it', async () => {
+    socks.reply = (req) => (req.host === PEER ? 'silent' : 0x00); // the CONNECT hangs: a delivery in flight
+    const requests = socks.requests.length;
+    const r = await cli(['sendmail', `bob@${PEER}`], 'From: alice@localhost\nSubject: survives a crash\n\nstill here\n');
+    assert.equal(r.code, 0, r.stderr);
+    await waitFor('the delivery to start', async () => socks.requests.length > requests, 5000);
+    daemon.child.kill('SIGKILL');
+    await new Promise<void>((resolve) => (daemon.child.exitCode !== null || daemon.child.signalCode !== null ? resolve() : daemon.child.once('exit', () => resolve())));
+    const left = JSON.parse((await cli(['queue', 'list', '--json'])).stdout) as QueueEntry[];
+    assert.equal(left.length, 1, 'still queued');
+    assert.equal(left[0]!.recipients[0]!.status, 'pending');
+
+    socks.reply = () => 0x00;
+    const before = (await peer.inbox('bob')).length;
+    const again = spawn(process.execPath, [BIN, '--config', daemon.configFile, 'start'], { cwd: ROOT, stdio: ['ignore', 'ignore', 'pipe'] });
+    let err = '';
+    again.stderr!.setEncoding('utf8').on('data', (d: string) => (err += d));
+    const exited = new Promise<void>((resolve) => again.once('exit', () => resolve()));
+    try {
+      const got = await waitFor(`delivery after the restart (${err.slice(-300)})`, async () => (await peer.inbox('bob')).slice(before)[0], 10_000);
+      assert.match(got.toString(), /Subject: survives a crash\r\n/);
+      await waitFor('an empty queue', async () => JSON.parse((await cli(['queue', 'list', '--json'])).stdout).length === 0);
+    } finally {
+      again.kill('SIGTERM');
+      await exited;
+    }
   });
 });

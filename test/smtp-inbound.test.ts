@@ -177,6 +177,23 @@ describe('SMTP inbound', () => {
     }
   });
 
+  it('greets at once (no 100 ms early-talker pause): a client talking first is answered in order', async () => {
+    // smtp-server alone would answer this EHLO "421 ... You talk too soon" and hang up: it
+    // arrives long before its 100 ms timer would have sent the greeting.
+    const c = await SmtpWire.connect(h.port);
+    try {
+      c.write('EHLO early.remote.onion\r\n');
+      const greeting = await c.read();
+      assert.equal(greeting.text, `220 ${DOMAIN} ESMTP`);
+      const ehlo = await c.read();
+      assert.equal(ehlo.code, 250, ehlo.text);
+      assert.equal(ehlo.lines[0], `250-${DOMAIN}`);
+      assert.equal((await c.command('NOOP')).code, 250);
+    } finally {
+      c.close();
+    }
+  });
+
   it('nodemailer: stored bytes are exactly our Received header + what was sent', async () => {
     const raw = message('exact bytes');
     const t = plainTransport(h.port);

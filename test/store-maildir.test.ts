@@ -1087,8 +1087,10 @@ describe('message cache file (onionpost-cache)', () => {
   it('survives a restart; copies are written too; stale, foreign and torn lines are never served', async () => {
     await withMaildir(async ({ root, store, reopen }) => {
       store.setMessageCacheBuilder((raw) => `built:${raw.length}`);
-      const a = await store.append(USER, 'INBOX', message('a'));
-      const b = await store.append(USER, 'INBOX', message('b'));
+      const rawA = message('a');
+      const rawB = message('b');
+      const a = await store.append(USER, 'INBOX', rawA);
+      const b = await store.append(USER, 'INBOX', rawB);
       store.setMessageCacheBuilder(null);
       const c = await store.append(USER, 'INBOX', message('c'));
       await store.setMessageCache(a.mailboxId, [{ uid: c.uid, cache: 'set later' }]);
@@ -1101,10 +1103,10 @@ describe('message cache file (onionpost-cache)', () => {
       const metas = await s2.getMessages(id, [a.uid, b.uid, c.uid], { cache: true });
       assert.deepEqual(
         metas.map((m) => m.cache),
-        [`built:${message('a').length}`, `built:${message('b').length}`, 'set later'],
+        [`built:${rawA.length}`, `built:${rawB.length}`, 'set later'],
       );
       const archive = await s2.openMailbox(USER, 'Archive');
-      assert.equal((await s2.getMessages(archive!.id, copied.destinationUids, { cache: true }))[0].cache, `built:${message('a').length}`);
+      assert.equal((await s2.getMessages(archive!.id, copied.destinationUids, { cache: true }))[0].cache, `built:${rawA.length}`);
 
       // a torn last line (crash while appending) and a line naming another file for a UID
       const lines = readFileSync(join(root, 'onionpost-cache'), 'utf8').split('\n');
@@ -1113,7 +1115,7 @@ describe('message cache file (onionpost-cache)', () => {
       writeFileSync(join(root, 'onionpost-cache'), lines.join('\n') + `${c.uid} ${'x'} torn`);
       s2 = await reopen();
       const again = await s2.getMessages(id, [a.uid, b.uid, c.uid], { cache: true });
-      assert.equal(again[0].cache, `built:${message('a').length}`);
+      assert.equal(again[0].cache, `built:${rawA.length}`);
       assert.equal(again[1].cache, undefined, 'a line for another file is ignored');
       assert.equal(again[2].cache, 'set later', 'the torn line is ignored, the earlier one kept');
       // the damaged file was rewritten: appending is safe again

@@ -26,6 +26,12 @@ export interface LoadOptions {
   deadlineMs?: number;
   /** Per-reply timeout, ms (default 60 s). */
   replyTimeoutMs?: number;
+  /**
+   * Connect + greeting timeout, ms (default 3 s); then the attempt is abandoned and a new
+   * connection tried (up to 5 times), as an MTA would. Counted in `retries`. (A listener
+   * whose accept queue overflows can leave a connection without its greeting for good.)
+   */
+  greetingTimeoutMs?: number;
 }
 
 export interface LoadResult {
@@ -36,6 +42,10 @@ export interface LoadResult {
   /** Messages never sent because the deadline passed. */
   skipped: number;
   connections: number;
+  /** Connections abandoned without a greeting and tried again. */
+  retries: number;
+  /** Whether the server offered PIPELINING (on the last EHLO seen). */
+  pipelining: boolean;
   /** ms from the first connect to the last reply. */
   elapsedMs: number;
   /** A few distinct failure descriptions. */
@@ -69,12 +79,20 @@ class Wire {
     socket.on('close', () => this.fail(new Error('connection closed by the server')));
   }
 
-  static connect(host: string, port: number, replyTimeoutMs: number): Promise<Wire> {
+  static connect(host: string, port: number, replyTimeoutMs: number, connectTimeoutMs: number): Promise<Wire> {
     return new Promise((resolve, reject) => {
       const socket = net.connect({ host, port });
-      socket.once('error', reject);
+      const timer = setTimeout(() => {
+        socket.destroy();
+        reject(new GreetingTimeout(`no connection within ${connectTimeoutMs} ms`));
+      }, connectTimeoutMs);
+      socket.once('error', (err) => {
+        clearTimeout(timer);
+        reject(err);
+      });
       socket.once('connect', () => {
-        socket.off('error', reject);
+        clearTimeout(timer);
+        socket.removeAllListeners('error');
         resolve(new Wire(socket, replyTimeoutMs));
       });
     });
@@ -116,11 +134,11 @@ class Wire {
   }
 
   /** The next n replies. */
-  read(n: number): Promise<Reply[]> {
+  read(n: number, timeoutMs = this.replyTimeoutMs): Promise<Reply[]> {
     if (this.replies.length >= n) return Promise.resolve(this.replies.splice(0, n));
     if (this.failure) return Promise.reject(this.failure);
     return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => this.fail(new Error(`no reply within ${this.replyTimeoutMs} ms`)), this.replyTimeoutMs);
+      const timer = setTimeout(() => this.fail(new GreetingTimeout(`no reply within ${timeoutMs} ms`)), timeoutMs);
       this.waiter = { n, resolve, reject, timer };
     });
   }
@@ -141,6 +159,7 @@ class Wire {
 }
 
 class SmtpFailure extends Error {}
+class GreetingTimeout extends Error {}
 
 function expect(reply: Reply, ok: (code: number) => boolean, what: string): void {
   if (!ok(reply.code)) throw new SmtpFailure(`${what}: ${reply.text.split('\n')[0]}`);
@@ -149,6 +168,7 @@ function expect(reply: Reply, ok: (code: number) => boolean, what: string): void
 export async function runLoad(options: LoadOptions): Promise<LoadResult> {
   const { host, port, messages, concurrency, perConnection, from } = options;
   const replyTimeoutMs = options.replyTimeoutMs ?? 60_000;
+  const greetingTimeoutMs = options.greetingTimeoutMs ?? 3000;
   const mailFrom = Buffer.from(`MAIL FROM:<${from}>\r\n`, 'latin1');
   const dataCmd = Buffer.from('DATA\r\n');
   const rcptCache = new Map<string, Buffer>();
@@ -167,7 +187,7 @@ export async function runLoad(options: LoadOptions): Promise<LoadResult> {
   let next = 0;
   const take = (): number | null => (next < messages && performance.now() < deadline ? next++ : null);
 
-  const result: LoadResult = { accepted: 0, failed: 0, skipped: 0, connections: 0, elapsedMs: 0, errors: [] };
+  const result: LoadResult = { accepted: 0, failed: 0, skipped: 0, connections: 0, retries: 0, pipelining: false, elapsedMs: 0, errors: [] };
   const noteError = (err: unknown): void => {
     const text = err instanceof Error ? err.message : String(err);
     if (result.errors.length < 5 && !result.errors.includes(text)) result.errors.push(text);
@@ -179,12 +199,24 @@ export async function runLoad(options: LoadOptions): Promise<LoadResult> {
     let current: number | null = first;
     let wire: Wire | null = null;
     try {
-      wire = await Wire.connect(host, port, replyTimeoutMs);
-      expect((await wire.read(1))[0]!, (c) => c === 220, 'greeting');
+      for (let attempt = 1; ; attempt++) {
+        try {
+          wire = await Wire.connect(host, port, replyTimeoutMs, greetingTimeoutMs);
+          expect((await wire.read(1, greetingTimeoutMs))[0]!, (c) => c === 220, 'greeting');
+          break;
+        } catch (err) {
+          wire?.close();
+          wire = null;
+          if (!(err instanceof GreetingTimeout) || attempt >= 5) throw err;
+          result.retries++;
+          result.connections++;
+        }
+      }
       wire.write([Buffer.from('EHLO client.bench.test\r\n')]);
       const ehlo = (await wire.read(1))[0]!;
       expect(ehlo, (c) => c === 250, 'EHLO');
       const pipelining = /^250[- ]PIPELINING\b/im.test(ehlo.text);
+      result.pipelining = pipelining;
 
       let sent = 0;
       let pending = false; // MAIL/RCPT/DATA of `current` already written (pipelined)

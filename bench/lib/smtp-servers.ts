@@ -31,6 +31,8 @@ export interface BenchServer {
   /** The Maildir (folder with cur/ new/ tmp/) a recipient's messages end up in. */
   maildirOf(user: string): string;
   stop(): Promise<void>;
+  /** CPU time used so far by the server's processes (user + system, children waited for), ms. */
+  cpuMs(): number;
   /** Last lines of the server's stderr, for error messages. */
   log(): string;
 }
@@ -129,6 +131,7 @@ export async function startOnionpost(options: OnionpostOptions): Promise<BenchSe
     name: 'onionpost',
     port,
     pid: child.pid!,
+    cpuMs: () => cpuOf([child.pid!]),
     maildirOf: (user) => path.join(dataDir, 'mail', user),
     log: () => err.get(),
     async stop() {
@@ -180,21 +183,42 @@ function smtpdPids(): number[] {
   return pids;
 }
 
+/** /proc/PID/stat fields after the command name (index 0 = state), or null. */
+function procStat(pid: number | string): string[] | null {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    // pid (comm) state ppid pgrp ...: comm may contain spaces, so split after the last ')'
+    return stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  } catch {
+    return null;
+  }
+}
+
 /** Pids in process group `pgid` (from /proc). */
 function groupPids(pgid: number): number[] {
   const pids: number[] = [];
-  for (const e of readdirSync('/proc')) {
+  let entries: string[] = [];
+  try {
+    entries = readdirSync('/proc');
+  } catch {
+    return pids;
+  }
+  for (const e of entries) {
     if (!/^\d+$/.test(e)) continue;
-    try {
-      const stat = readFileSync(`/proc/${e}/stat`, 'utf8');
-      // pid (comm) state ppid pgrp ...: comm may contain spaces, so split after the last ')'
-      const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-      if (Number(fields[2]) === pgid) pids.push(Number(e));
-    } catch {
-      // gone
-    }
+    const f = procStat(e);
+    if (f !== null && Number(f[2]) === pgid) pids.push(Number(e));
   }
   return pids;
+}
+
+/** utime + stime + cutime + cstime of the processes, ms (Linux; 0 elsewhere). */
+function cpuOf(pids: number[]): number {
+  let ticks = 0;
+  for (const pid of pids) {
+    const f = procStat(pid);
+    if (f !== null) ticks += Number(f[11]) + Number(f[12]) + Number(f[13]) + Number(f[14]);
+  }
+  return ticks * 10; // USER_HZ is 100 on Linux
 }
 
 function run(cmd: string, args: string[]): { ok: boolean; out: string } {
@@ -324,6 +348,8 @@ export async function startOpensmtpd(options: OpensmtpdOptions): Promise<BenchSe
       name: 'OpenSMTPD',
       port,
       pid: child.pid!,
+      // Every smtpd process (and, through their cutime, the delivery processes they waited for).
+      cpuMs: () => cpuOf(groupPids(pgid)),
       maildirOf: () => path.join(userHome, 'mail'),
       log: () => err.get(),
       async stop() {

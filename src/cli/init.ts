@@ -24,6 +24,7 @@ import { loadConfig } from '../config/load.js';
 import { parseControlAddress, formatControlAddress, type ControlAddress } from '../config/tor-address.js';
 import { ensureCertificate } from '../tls/certificate.js';
 import { TorControlClient, TorControlError } from '../tor/control-client.js';
+import { isOnionDomain, isValidV3OnionAddress } from '../tor/onion-address.js';
 import { onionKeyDir, onionPortMap, readHiddenServiceHostname, readOnionKey, writeOnionKey, OnionKeyError } from '../tor/onion-service.js';
 import { CliError, type CliIO, type CommandGroup } from './command.js';
 import { PidFile } from './instance-lock.js';
@@ -96,6 +97,9 @@ function parseInitArgs(args: string[]): InitArgs {
     force: values.force ?? false,
     help: values.help ?? false,
   };
+  if (a.domain !== null && !(DOMAIN_RE.test(a.domain) && (!isOnionDomain(a.domain) || isValidV3OnionAddress(a.domain)))) {
+    throw new CliError(`init: --domain ${JSON.stringify(a.domain)} is not a domain name${isOnionDomain(a.domain) ? ' (not a valid v3 onion address)' : ''}`, 64);
+  }
   if (a.domain !== null && a.onionDir !== null) throw new CliError('init: --domain and --onion-dir exclude each other: the onion address is the domain', 64);
   if (a.torControl !== null) {
     try {
@@ -106,6 +110,8 @@ function parseInitArgs(args: string[]): InitArgs {
   }
   return a;
 }
+
+const DOMAIN_RE = /^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$/;
 
 function exampleConfigText(): string {
   const example = new URL('../../../config/onionpost.example.toml', import.meta.url);
@@ -291,7 +297,7 @@ const init: CommandGroup = async (args, ctx) => {
     out.write(`  data         ${config.dataDir}${ownerNote}\n`);
     out.write(`  domain       ${config.domain}\n`);
     out.write(`  onion        ${onionNote}\n`);
-    out.write(`  onion ports  ${ports.map((p) => `${p.virtualPort} -> ${p.target}`).join(', ')}\n`);
+    if (pending || isOnionDomain(config.domain)) out.write(`  onion ports  ${ports.map((p) => `${p.virtualPort} -> ${p.target}`).join(', ')}\n`);
     out.write(`  certificate  ${certNote}\n`);
     if (pending) {
       const h = torrcHints();

@@ -21,7 +21,14 @@ type TomlTable = { [key: string]: unknown };
 
 const DOMAIN_RE = /^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$/;
 const HOSTNAME_RE = DOMAIN_RE;
-const SIZE_RE = /^(\d+)\s*([kmg]?)i?b?$/i;
+const SIZE_RE = /^(\d+)\s*([kmgt]?)i?b?$/i;
+
+function showSize(bytes: number): string {
+  for (const [unit, n] of [['T', 1024 ** 4], ['G', 1024 ** 3], ['M', 1024 ** 2], ['K', 1024]] as const) {
+    if (bytes >= n && bytes % n === 0) return `${bytes / n}${unit}`;
+  }
+  return String(bytes);
+}
 
 function show(value: unknown): string {
   return JSON.stringify(value) ?? String(value);
@@ -60,10 +67,11 @@ function validate(where: string, spec: KeySpec, raw: unknown): Value {
       if (typeof raw === 'number' && Number.isInteger(raw)) bytes = raw;
       else if (typeof raw === 'string' && SIZE_RE.test(raw.trim())) {
         const m = SIZE_RE.exec(raw.trim())!;
-        const mult = { '': 1, k: 1024, m: 1024 ** 2, g: 1024 ** 3 }[m[2]!.toLowerCase() as '' | 'k' | 'm' | 'g'];
+        const mult = { '': 1, k: 1024, m: 1024 ** 2, g: 1024 ** 3, t: 1024 ** 4 }[m[2]!.toLowerCase() as '' | 'k' | 'm' | 'g' | 't'];
         bytes = Number(m[1]) * mult;
       } else fail(where, spec, raw, allowed);
-      if (bytes < 1024 || bytes > 2 * 1024 ** 3) fail(where, spec, raw, `${allowed}, between 1K and 2G`);
+      const [min, max] = [kind.min ?? 1024, kind.max ?? 2 * 1024 ** 3];
+      if (bytes < min || bytes > max) fail(where, spec, raw, `${allowed}, between ${showSize(min)} and ${showSize(max)}`);
       return bytes;
     }
     case 'domain': {
@@ -275,6 +283,7 @@ export function loadConfigDetailed(
       direct: bool('delivery.direct'),
     },
     store: { type: 'maildir', maildir: str('store.maildir') },
+    quota: { default: num('quota.default') },
     log: { level: str('log.level') as LogLevel },
     tor: {
       control: torControl(where, str('tor.control')),

@@ -8,7 +8,7 @@ export type KeyKind =
   | { type: 'string'; allowEmpty?: boolean }
   | { type: 'host' }
   | { type: 'port' }
-  | { type: 'size' }
+  | { type: 'size'; min?: number; max?: number }
   | { type: 'int'; min: number; max: number }
   | { type: 'bool' }
   | { type: 'domain' }
@@ -55,6 +55,7 @@ export const KEYS: readonly KeySpec[] = [
   { key: 'users.postmaster', kind: { type: 'string', allowEmpty: true }, default: '' },
   { key: 'store.type', kind: { type: 'enum', values: ['maildir'] }, default: 'maildir' },
   { key: 'store.maildir', kind: { type: 'string' }, default: 'mail/%u' },
+  { key: 'quota.default', kind: { type: 'size', min: 0, max: 2 ** 50 }, default: 1024 ** 3 },
   { key: 'log.level', kind: { type: 'enum', values: LOG_LEVELS }, default: 'info' },
   { key: 'tor.control', kind: { type: 'string', allowEmpty: true }, default: '127.0.0.1:9051' },
   { key: 'tor.control_password', kind: { type: 'string', allowEmpty: true }, default: '' },

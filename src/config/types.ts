@@ -92,6 +92,13 @@ export interface Config {
      */
     maildir: string;
   };
+  quota: {
+    /**
+     * Storage limit per user in bytes; 0: unlimited. A user's own limit comes from the users
+     * file (`userdb_quota_rule=*:storage=512M`, as Dovecot writes it).
+     */
+    default: number;
+  };
   log: {
     level: LogLevel;
   };

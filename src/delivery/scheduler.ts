@@ -304,17 +304,22 @@ export class DeliveryScheduler {
   }
 
   private startWorker(domain: string, items: WorkItem[]): void {
-    for (const item of items) this.busyEntries.set(item.entry.id, (this.busyEntries.get(item.entry.id) ?? 0) + 1);
+    const held: WorkItem[] = [];
+    const hold = (more: WorkItem[]): void => {
+      for (const item of more) this.busyEntries.set(item.entry.id, (this.busyEntries.get(item.entry.id) ?? 0) + 1);
+      held.push(...more);
+    };
+    hold(items);
     const work = (async () => {
       try {
         if (this.localDomains.has(domain)) await this.deliverLocally(domain, items);
-        else await this.deliverRemote(domain, items);
+        else await this.deliverRemote(domain, items, hold);
       } catch (err) {
         // Most likely the queue cannot be written (disk full?): hold this domain back a while.
         this.log.error({ domain, err }, 'delivery worker failed; its messages stay queued (next try in 30 s)');
         await Promise.race([sleep(30_000), this.stopped]);
       } finally {
-        for (const item of items) {
+        for (const item of held) {
           const n = (this.busyEntries.get(item.entry.id) ?? 1) - 1;
           if (n <= 0) this.busyEntries.delete(item.entry.id);
           else this.busyEntries.set(item.entry.id, n);
@@ -340,7 +345,19 @@ export class DeliveryScheduler {
     }
   }
 
-  private async deliverRemote(domain: string, items: WorkItem[]): Promise<void> {
+  /** Due recipients of `domain` in entries not in `seen` (mail that arrived while a connection is open). */
+  private async dueFor(domain: string, seen: Set<string>): Promise<WorkItem[]> {
+    const now = this.now();
+    const out: WorkItem[] = [];
+    for (const entry of await this.queue.list()) {
+      if (seen.has(entry.id)) continue;
+      const recipients = entry.recipients.filter((r) => r.domain === domain && r.status === 'pending' && r.nextAttempt !== null && r.nextAttempt <= now).map((r) => r.address);
+      if (recipients.length > 0) out.push({ entry, recipients });
+    }
+    return out;
+  }
+
+  private async deliverRemote(domain: string, items: WorkItem[], hold: (more: WorkItem[]) => void): Promise<void> {
     const started = this.now();
     const resolution = await this.options.resolver.resolve(domain);
     if (resolution.kind !== 'hosts') {
@@ -385,6 +402,7 @@ export class DeliveryScheduler {
     const connectMs = this.now() - started;
     this.log.info({ domain, host, port: hop.port, route: this.options.route, connectMs, messages: items.length }, 'connected');
 
+    const setupStart = this.now();
     const opened = await openSmtpSession({
       socket,
       host,
@@ -400,16 +418,27 @@ export class DeliveryScheduler {
       return;
     }
     const session: SmtpSession = opened.session;
+    const setupMs = this.now() - setupStart;
     let sent = 0;
+    const seen = new Set(items.map((i) => i.entry.id));
+    let batch = items;
     try {
-      for (const item of items) {
+      for (;;) {
+        for (const item of batch) {
+          if (this.stopping || !session.usable || sent >= this.maxPerConnection) break;
+          const raw = await this.queue.readMessage(item.entry.id);
+          if (!raw) continue;
+          const t0 = this.now();
+          const result = await session.send({ from: item.entry.from, to: item.recipients }, raw);
+          sent++;
+          await this.record(item.entry, this.outcomesOf(result, host), domain, { ms: this.now() - t0, tls: result.tls, ...(sent === 1 ? { setupMs } : { reused: true }) });
+        }
         if (this.stopping || !session.usable || sent >= this.maxPerConnection) break;
-        const raw = await this.queue.readMessage(item.entry.id);
-        if (!raw) continue;
-        const t0 = this.now();
-        const result = await session.send({ from: item.entry.from, to: item.recipients }, raw);
-        sent++;
-        await this.record(item.entry, this.outcomesOf(result, host), domain, { ms: this.now() - t0, tls: result.tls });
+        // Mail for this domain queued meanwhile goes over the same connection.
+        batch = (await this.dueFor(domain, seen)).slice(0, this.maxPerConnection - sent);
+        if (batch.length === 0) break;
+        for (const item of batch) seen.add(item.entry.id);
+        hold(batch);
       }
     } finally {
       session.quit();

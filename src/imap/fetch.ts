@@ -11,7 +11,7 @@ import type { MessageMeta } from '../store/types.js';
 import type { FetchOptions, FetchQueryItem, FetchValue, ImapHandlers, ImapSession, StreamLiteral } from './imap-core-types.js';
 import { imapHandler } from './imap-core.js';
 import { respond, type HandlerContext } from './handler-context.js';
-import { decodeMessageCache, describeMessage } from './message-cache.js';
+import { bodyFromStructure, decodeMessageCache, describeMessage } from './message-cache.js';
 import { extractSection, parseMime, type MimePart } from './mime-sections.js';
 import type { MessageKey, MessageStructure } from './structure-cache.js';
 
@@ -34,18 +34,16 @@ export function createFetchHandler(ctx: HandlerContext): FetchHandler {
 }
 
 /** Which item needs what. */
-function needsOf(query: FetchQueryItem[]): { raw: boolean; structure: boolean; body: boolean } {
+function needsOf(query: FetchQueryItem[]): { raw: boolean; structure: boolean } {
   let raw = false;
   let structure = false;
-  let body = false;
   for (const q of query) {
-    if (q.item === 'envelope' || q.item === 'bodystructure') structure = true;
-    if (q.item === 'body' && q.type === undefined) structure = body = true;
+    if (q.item === 'envelope' || q.item === 'bodystructure' || (q.item === 'body' && q.type === undefined)) structure = true;
     if (q.item === 'rfc822' || q.item === 'rfc822.header' || q.item === 'rfc822.text' || (q.item === 'body' && q.type !== undefined)) {
       raw = true;
     }
   }
-  return { raw, structure, body };
+  return { raw, structure };
 }
 
 /** Filled cache slots are handed to the store in groups of this many. */
@@ -116,7 +114,7 @@ async function fetchMessages(ctx: HandlerContext, mailboxId: string, options: Fe
         cache.putHeaders(key, slot.headers);
       }
     }
-    const parse = needs.structure && (!structure || (needs.body && !structure.body));
+    const parse = needs.structure && !structure;
     let raw: Buffer | null = null;
     if (needs.raw || parse) {
       raw = await store.readMessage(mailboxId, meta.uid);
@@ -260,9 +258,14 @@ function buildValues(
         return meta.internalDate;
       case 'rfc822.size':
         return meta.size;
-      case 'envelope':
-        // getQueryResponse encodes non-ASCII for non-UTF8 sessions (and mutates: a copy)
-        return session.getQueryResponse([{ item: 'envelope' }], { envelope: structure?.envelope ?? [] }, opts)[0];
+      case 'envelope': {
+        // getQueryResponse encodes non-ASCII for non-UTF8 sessions (and mutates: a copy); it
+        // also turns a NIL subject (no Subject field) into "", which Dovecot does not
+        const nilSubject = structure?.envelope[1] === null;
+        const envelope = session.getQueryResponse([{ item: 'envelope' }], { envelope: structure?.envelope ?? [] }, opts)[0];
+        if (nilSubject && Array.isArray(envelope)) envelope[1] = null;
+        return envelope;
+      }
       case 'bodystructure':
         return session.getQueryResponse([{ item: 'bodystructure' }], { bodystructure: structure?.bodystructure ?? [] }, opts)[0];
       case 'rfc822':
@@ -274,7 +277,8 @@ function buildValues(
       case 'body': {
         if (q.type === undefined) {
           // BODY without a section is the non-extensible BODYSTRUCTURE
-          return session.getQueryResponse([{ item: 'bodystructure' }], { bodystructure: structure?.body ?? [] }, opts)[0];
+          const body = structure ? (structure.body ?? bodyFromStructure(structure.bodystructure)) : [];
+          return session.getQueryResponse([{ item: 'bodystructure' }], { bodystructure: body }, opts)[0];
         }
         const bytes = raw ? extractSection(raw, mime(), { path: q.path ?? '', type: q.type, headers: q.headers }) : Buffer.alloc(0);
         return literal(applyPartial(bytes, q));

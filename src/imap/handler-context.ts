@@ -1,6 +1,7 @@
 /** Shared plumbing for the imap-core handlers: context, user lookup, error mapping. */
 import type { Logger } from 'pino';
 import { StoreError, type MailStore } from '../store/types.js';
+import { setNoReason } from './commands.js';
 import type { ImapSession, SelectedMailbox } from './imap-core-types.js';
 import type { ImapNotifier } from './notifier.js';
 import type { StructureCache } from './structure-cache.js';
@@ -37,6 +38,18 @@ export function userOf(session: ImapSession): string {
   const id = session.user?.id;
   if (!id) throw new Error('imap: handler called without an authenticated user');
   return id;
+}
+
+/**
+ * A mailbox name as imap-core hands it over. After ENABLE UTF8=ACCEPT, imap-core (1.51.1)
+ * decodes the UTF-8 bytes of names for most commands but not for APPEND and UNSUBSCRIBE,
+ * which get a 'binary' string ("EntwÃ¼rfe"): decode those here (only when the result is
+ * valid UTF-8, so an already decoded name passes unchanged).
+ */
+export function mailboxName(session: ImapSession, path: string): string {
+  if (!session.isUTF8Enabled() || !/[\x80-\xff]/.test(path) || /[^\x00-\xff]/.test(path)) return path;
+  const decoded = Buffer.from(path, 'latin1').toString('utf8');
+  return decoded.includes('\uFFFD') ? path : decoded;
 }
 
 /** The selected mailbox, if it is the one a handler was called for. */
@@ -77,6 +90,8 @@ export function respond<A extends unknown[]>(
       (err: unknown) => {
         const code = storeErrorCode(err);
         if (code && onCode) {
+          // the store's message says why (shown in the tagged NO, see commands.ts)
+          if (err instanceof Error) setNoReason(session, err.message);
           cb(null, ...onCode(code));
           return;
         }

@@ -47,7 +47,20 @@ const IndexerCtor = require('@zone-eu/wildduck/imap-core/lib/indexer/indexer.js'
 const errorsModule = require('@zone-eu/wildduck/lib/errors.js') as ErrorsModule;
 
 /** The imap-core command modules onionpost replaces or wraps (see search-command.ts, commands.ts). */
-export type ImapCoreCommandName = 'search' | 'create' | 'rename' | 'delete' | 'select' | 'status' | 'append' | 'copy' | 'move' | 'subscribe' | 'unsubscribe';
+export type ImapCoreCommandName =
+  | 'search'
+  | 'create'
+  | 'rename'
+  | 'delete'
+  | 'select'
+  | 'status'
+  | 'append'
+  | 'copy'
+  | 'move'
+  | 'subscribe'
+  | 'unsubscribe'
+  | 'store'
+  | 'uid-store';
 
 /**
  * imap-core's module object for one command (lib/commands/<name>.js). Its dispatcher holds

@@ -18,6 +18,8 @@ import { buildMessageCache } from './message-cache.js';
 import { ImapNotifier } from './notifier.js';
 import { createSearchHandler } from './search.js';
 import { installSearchCommand } from './search-command.js';
+import { installCommandWrappers } from './commands.js';
+import { isLoopbackAddress } from './auth.js';
 import { StructureCache } from './structure-cache.js';
 
 export type { Authenticate } from './auth.js';
@@ -63,8 +65,10 @@ export function createImapServer(options: ImapServerOptions): ImapServer {
 
   const log = logger.child({ component: 'imap' });
   routeImapCoreErrors(log);
-  // our SEARCH command (imap-core's flattens parenthesised groups); process-wide, once
+  // our SEARCH command (imap-core's flattens parenthesised groups) and small wrappers
+  // around some of its commands (commands.ts); process-wide, once
   installSearchCommand();
+  installCommandWrappers();
 
   const coreOptions: ImapCoreServerOptions = {
     secure: options.secure,
@@ -167,6 +171,7 @@ function replaceGreeting(server: ImapCoreServer, hooks: { onClose(connection: Im
     socket.setNoDelay(true);
     const connection: ImapConnection = new IMAPConnection(server, socket, socketOptions);
     connection.loggelf = (message) => server.loggelf(message);
+    advertiseLoginDisabled(connection);
     server.connections.add(connection);
     connection.on('error', (err: Error) => server._onError(err));
     connection.once('close', () => {
@@ -174,6 +179,31 @@ function replaceGreeting(server: ImapCoreServer, hooks: { onClose(connection: Im
       hooks.onClose(connection);
     });
     greet(connection);
+  };
+}
+
+/**
+ * LOGINDISABLED (RFC 3501 §6.2.3, §7.2.1) per connection. Clear-text LOGIN and AUTHENTICATE
+ * PLAIN are accepted over TLS and from loopback (where every onion-service client comes
+ * from), and refused elsewhere with NO [PRIVACYREQUIRED] (auth.ts). imap-core can only say
+ * LOGINDISABLED for a whole listener, so for a plain-text connection from a non-loopback
+ * address its CAPABILITY lines are rewritten here: LOGINDISABLED added, the AUTH=
+ * mechanisms and SASL-IR left out. Once STARTTLS has run the connection is secure and the
+ * lines pass unchanged.
+ */
+function advertiseLoginDisabled(connection: ImapConnection): void {
+  if (connection.secure || isLoopbackAddress(connection.remoteAddress || '')) return;
+  const send = connection.send.bind(connection);
+  connection.send = (payload: string, callback?: () => void): void => {
+    if (!connection.secure && typeof payload === 'string' && payload.startsWith('* CAPABILITY ')) {
+      const caps = payload
+        .slice('* CAPABILITY '.length)
+        .split(' ')
+        .filter((c) => !/^AUTH=/i.test(c) && c.toUpperCase() !== 'SASL-IR' && c.toUpperCase() !== 'LOGINDISABLED');
+      const [first, ...rest] = caps;
+      payload = `* CAPABILITY ${[first, ...[...rest, 'LOGINDISABLED'].sort((a, b) => a.localeCompare(b))].join(' ')}`;
+    }
+    send(payload, callback);
   };
 }
 

@@ -1,7 +1,7 @@
 /** Handlers for mailbox-level commands: LIST/LSUB, (UN)SUBSCRIBE, CREATE, RENAME, DELETE,
  * SELECT/EXAMINE, STATUS, GETQUOTAROOT/GETQUOTA. */
 import type { ImapHandlers, ImapSession, ListedFolder, QuotaResult } from './imap-core-types.js';
-import { respond, userOf, watchSelected, type HandlerContext } from './handler-context.js';
+import { mailboxName, respond, userOf, watchSelected, type HandlerContext } from './handler-context.js';
 
 /** Reported as the STORAGE limit when a user has no quota (IMAP QUOTA has no "unlimited"). */
 export const UNLIMITED_QUOTA_BYTES = 2 ** 50;
@@ -37,8 +37,10 @@ export function createMailboxHandlers(ctx: HandlerContext): MailboxHandlers {
 
   const quota = async (session: ImapSession): Promise<QuotaResult> => {
     const user = userOf(session);
-    const [used, limit] = await Promise.all([store.usage(user), ctx.quotaFor ? ctx.quotaFor(user) : null]);
-    return { root: '', quota: limit ?? UNLIMITED_QUOTA_BYTES, storageUsed: used };
+    // the store enforces its quota; an explicit quotaFor option only changes what is reported
+    const [q, own] = await Promise.all([store.quota(user), ctx.quotaFor ? ctx.quotaFor(user) : undefined]);
+    const limit = own !== undefined ? own : q.limit;
+    return { root: '', quota: limit ?? UNLIMITED_QUOTA_BYTES, storageUsed: q.used };
   };
 
   return {
@@ -63,10 +65,7 @@ export function createMailboxHandlers(ctx: HandlerContext): MailboxHandlers {
     onUnsubscribe(path, session, cb) {
       respond(ctx, 'UNSUBSCRIBE', session, cb)(
         async () => {
-          // imap-core bug (1.51.1): unlike every other command, UNSUBSCRIBE does not decode the
-          // name's UTF-8 bytes after ENABLE UTF8=ACCEPT; it arrives as a 'binary' string
-          const name = session.isUTF8Enabled() ? Buffer.from(path, 'latin1').toString('utf8') : path;
-          await store.setSubscribed(userOf(session), name, false);
+          await store.setSubscribed(userOf(session), mailboxName(session, path), false);
           return [true];
         },
         (code) => [code],

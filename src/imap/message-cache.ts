@@ -4,19 +4,28 @@
  * asks for most, so that metadata FETCHes and header SEARCHes never read message files once
  * a message is described, also after a restart.
  *
- * The slot is one line of JSON: {"v":1,"e":envelope,"s":bodystructure,"n":[field names],
+ * The slot is one line of JSON: {"v":2,"e":envelope,"s":bodystructure,"n":[field names],
  * "h":[[name,value],...],"d":sentDay}. The indexer's structures hold Buffers; JSON would
  * turn them into objects (and structuredClone into Uint8Arrays, which imap-core does not
  * treat as Buffers), so every Buffer is written as {"b":"<bytes as latin1>"} and read back
- * as a Buffer. BODY (without a section) is not kept: rarely asked for, it is computed from
- * the message when needed.
+ * as a Buffer. BODY (without a section) is not kept: it is BODYSTRUCTURE without the
+ * extension data (bodyFromStructure).
+ *
+ * The structures are the indexer's, with four corrections so that clients see what Dovecot
+ * serves for the same message (checked against Dovecot 2.3):
+ * - a Subject of raw 8-bit UTF-8 was garbled (the indexer's parser already decodes header
+ *   bytes as UTF-8 and its ENVELOPE builder decodes them again): it is handed over as bytes;
+ * - a message without Subject has NIL, not "", as ENVELOPE subject (also in attached messages);
+ * - a text part without a charset parameter gets ("CHARSET" "us-ascii") (RFC 2045 5.2);
+ * - BODY of a multipart carries no extension data (the indexer put the parameters there).
  */
 import { getIndexer } from './imap-core.js';
-import type { StructValue } from './imap-core-types.js';
+import type { IndexerTree, StructValue } from './imap-core-types.js';
 import { parseMime } from './mime-sections.js';
 import { buildHeaderIndex, type HeaderIndex, type MessageStructure } from './structure-cache.js';
 
-const VERSION = 1;
+/** 2: with the Dovecot-compatibility corrections below. Slots of another version are rebuilt. */
+const VERSION = 2;
 
 /** Header fields whose decoded values the slot carries (the SEARCH keys, plus threading). */
 export const CACHED_HEADER_FIELDS: ReadonlySet<string> = new Set([
@@ -57,15 +66,103 @@ function decodeValue(v: unknown): StructValue {
   throw new BadSlot();
 }
 
-/** Parses and describes a message (indexer for the structures, our parser for headers). */
-export function describeMessage(raw: Buffer): DescribedMessage {
+/** The parts of the indexer's tree nodes looked at here. */
+interface TreeNode {
+  parsedHeader?: Record<string, unknown>;
+  multipart?: string | false;
+  childNodes?: TreeNode[];
+  message?: TreeNode;
+}
+
+interface ContentTypeHeader {
+  type?: string;
+  params?: Record<string, string>;
+  hasParams?: boolean;
+}
+
+/** Corrects the tree before the indexer builds ENVELOPE/BODYSTRUCTURE from it (see above). */
+function prepareTree(node: TreeNode, depth = 0): void {
+  if (depth > 50) return;
+  const header = node.parsedHeader;
+  if (header) {
+    // the indexer's ENVELOPE reads the subject as 'binary' and decodes it as UTF-8
+    const subject = header.subject;
+    const asBytes = (s: unknown): unknown => (typeof s === 'string' && /[^\x00-\x7f]/.test(s) ? Buffer.from(s, 'utf8').toString('latin1') : s);
+    header.subject = Array.isArray(subject) ? subject.map(asBytes) : asBytes(subject);
+    const ct = header['content-type'] as ContentTypeHeader | undefined;
+    if (!node.multipart && !node.message && ct && (ct.type ?? 'text') === 'text') {
+      ct.params ??= {};
+      if (!Object.keys(ct.params).some((k) => k.toLowerCase() === 'charset')) {
+        ct.params.charset = 'us-ascii';
+        ct.hasParams = true;
+      }
+    }
+  }
+  for (const child of node.childNodes ?? []) prepareTree(child, depth + 1);
+  if (node.message) prepareTree(node.message, depth + 1);
+}
+
+const hasSubject = (node: TreeNode): boolean => node.parsedHeader?.subject !== undefined;
+
+/** NIL subjects in the ENVELOPEs of attached messages, walking tree and BODYSTRUCTURE together. */
+function nilSubjects(node: TreeNode, bs: StructValue[], depth = 0): void {
+  if (depth > 50) return;
+  if (node.multipart) {
+    (node.childNodes ?? []).forEach((child, i) => {
+      const sub = bs[i];
+      if (Array.isArray(sub)) nilSubjects(child, sub, depth + 1);
+    });
+  } else if (node.message) {
+    const envelope = bs[7];
+    const body = bs[8];
+    if (Array.isArray(envelope) && !hasSubject(node.message)) envelope[1] = null;
+    if (Array.isArray(body)) nilSubjects(node.message, body, depth + 1);
+  }
+}
+
+function upper(v: StructValue | undefined): string {
+  return Buffer.isBuffer(v) ? v.toString('latin1').toUpperCase() : typeof v === 'string' ? v.toUpperCase() : '';
+}
+
+/**
+ * BODY (RFC 3501 body without extension data) from BODYSTRUCTURE: a multipart is its parts
+ * and its subtype; a basic part its first seven fields, text parts also their line count,
+ * message/rfc822 parts also envelope, nested BODY and line count.
+ */
+export function bodyFromStructure(bs: StructValue[], depth = 0): StructValue[] {
+  if (depth > 50) return [];
+  if (Array.isArray(bs[0])) {
+    const out: StructValue[] = [];
+    let i = 0;
+    for (; i < bs.length && Array.isArray(bs[i]); i++) out.push(bodyFromStructure(bs[i] as StructValue[], depth + 1));
+    if (i < bs.length) out.push(bs[i]);
+    return out;
+  }
+  const basic = bs.slice(0, 7);
+  const type = upper(bs[0]);
+  if (type === 'TEXT') return [...basic, bs[7] ?? 0];
+  if (type === 'MESSAGE' && Array.isArray(bs[7]) && Array.isArray(bs[8])) {
+    return [...basic, bs[7], bodyFromStructure(bs[8], depth + 1), bs[9] ?? 0];
+  }
+  return basic;
+}
+
+/** ENVELOPE and BODYSTRUCTURE of a message (BODY is derived from BODYSTRUCTURE). */
+export function structureOf(raw: Buffer): MessageStructure {
   const indexer = getIndexer();
   const tree = indexer.parseMimeTree(raw);
-  const structure: MessageStructure = {
-    envelope: indexer.getEnvelope(tree),
-    bodystructure: indexer.getBodyStructure(tree),
-    body: indexer.getBody(tree),
-  };
+  const root = tree as unknown as TreeNode;
+  prepareTree(root);
+  const envelope = indexer.getEnvelope(tree as IndexerTree);
+  const bodystructure = indexer.getBodyStructure(tree as IndexerTree);
+  if (!hasSubject(root)) envelope[1] = null;
+  nilSubjects(root, bodystructure);
+  return { envelope, bodystructure };
+}
+
+/** Parses and describes a message (indexer for the structures, our parser for headers). */
+export function describeMessage(raw: Buffer): DescribedMessage {
+  const structure = structureOf(raw);
   const headers = buildHeaderIndex(raw, parseMime(raw));
   return { structure, headers, cache: encodeSlot(structure, headers) };
 }

@@ -1,7 +1,8 @@
 /** Handlers that change messages: APPEND, STORE, EXPUNGE, COPY, MOVE. */
 import type { MessageMeta } from '../store/types.js';
 import type { CopyInfo, ImapHandlers, ImapSession } from './imap-core-types.js';
-import { respond, selectedFor, userOf, type HandlerContext } from './handler-context.js';
+import { setNoReason } from './commands.js';
+import { mailboxName, respond, selectedFor, userOf, type HandlerContext } from './handler-context.js';
 import { parseImapDateTime } from './imap-date.js';
 
 type MessageHandlers = Required<Pick<ImapHandlers, 'onAppend' | 'onStore' | 'onExpunge' | 'onCopy' | 'onMove'>>;
@@ -35,7 +36,7 @@ export function createMessageHandlers(ctx: HandlerContext): MessageHandlers {
             internalDate = parsed;
           }
           // no origin: the session learns about its own EXISTS from the journal like everyone
-          const result = await store.append(userOf(session), path, raw, { flags: [...flags], internalDate });
+          const result = await store.append(userOf(session), mailboxName(session, path), raw, { flags: [...flags], internalDate });
           return [true, { uidValidity: result.uidValidity, uid: result.uid }];
         },
         (code) => [code],
@@ -46,8 +47,11 @@ export function createMessageHandlers(ctx: HandlerContext): MessageHandlers {
       respond(ctx, 'STORE', session, cb)(
         async () => {
           const selected = selectedFor(session, mailboxId);
-          // imap-core checks read-only for STORE but not for UID STORE
-          if (!selected || selected.readOnly) return ['READ-ONLY'];
+          // imap-core checks read-only for STORE (see commands.ts) but not for UID STORE
+          if (!selected || selected.readOnly) {
+            setNoReason(session, 'Mailbox is read-only (opened with EXAMINE)');
+            return ['READ-ONLY'];
+          }
           if (!update.messages.length) return [true, []];
           const result = await store.storeFlags(mailboxId, update.messages, {
             action: update.action,
@@ -110,6 +114,11 @@ export function createMessageHandlers(ctx: HandlerContext): MessageHandlers {
     onMove(mailboxId, update, session, cb) {
       respond(ctx, 'MOVE', session, cb)(
         async () => {
+          // MOVE expunges from the source: not in a mailbox opened with EXAMINE
+          if (selectedFor(session, mailboxId)?.readOnly) {
+            setNoReason(session, 'Mailbox is read-only (opened with EXAMINE); COPY works');
+            return ['READ-ONLY'];
+          }
           if (!update.messages.length) {
             const target = await store.mailboxStatus(userOf(session), update.destination);
             if (!target) return ['TRYCREATE'];

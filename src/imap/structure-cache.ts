@@ -8,7 +8,7 @@
  * incarnation; the key therefore also carries size and internal date, which makes a stale
  * hit after a mailbox was recreated practically impossible.
  */
-import { getIndexer, libmime } from './imap-core.js';
+import { libmime } from './imap-core.js';
 import type { StructValue } from './imap-core-types.js';
 import { Lru } from './lru.js';
 import { fieldValue, parseMime, rawFieldValue, unfold, type MimePart } from './mime-sections.js';
@@ -16,7 +16,7 @@ import { fieldValue, parseMime, rawFieldValue, unfold, type MimePart } from './m
 export interface MessageStructure {
   envelope: StructValue[];
   bodystructure: StructValue[];
-  /** BODY (non-extensible BODYSTRUCTURE); absent when read from a cache slot. */
+  /** BODY (non-extensible BODYSTRUCTURE): derived from bodystructure where needed. */
   body?: StructValue[];
 }
 
@@ -66,19 +66,6 @@ export class StructureCache {
   getStructure(key: MessageKey): MessageStructure | null {
     const hit = this.structures.get(keyOf(key));
     return hit ? cloneStructure(hit) : null;
-  }
-
-  /** Computes, caches and returns (a copy of) the structure of `raw`. */
-  structureOf(key: MessageKey, raw: Buffer): MessageStructure {
-    const indexer = getIndexer();
-    const tree = indexer.parseMimeTree(raw);
-    const structure: MessageStructure = {
-      envelope: indexer.getEnvelope(tree),
-      bodystructure: indexer.getBodyStructure(tree),
-      body: indexer.getBody(tree),
-    };
-    this.structures.set(keyOf(key), structure);
-    return cloneStructure(structure);
   }
 
   /** Caches a structure (kept as given: pass one nobody else mutates); returns a copy. */

@@ -78,6 +78,9 @@ export function createDispatcher(options: DispatcherOptions): Dispatcher {
       log.error({ cid: d.cid, id: d.id, err }, what === 'queue' ? 'queueing failed' : 'local delivery failed');
     }
     log.warn({ cid: d.cid, id: d.id, parts: jobs.length, failed: failed.length }, 'message deferred (451), possible duplicate on retry');
+    // Store quota (StoreError OVERQUOTA): 452 4.2.2, not 552 5.2.2. RFC 3463 calls X.2.2
+    // "mailbox full" a persistent transient failure (the user can make room), and RFC 5321
+    // 452 is "insufficient storage"; the sender keeps retrying instead of bouncing at once.
     if (jobs.length === 1 && failed[0]!.what === 'local' && hasCode(failed[0]!.err, 'OVERQUOTA')) {
       throw smtpError(452, '4.2.2', 'Error: mailbox full, try again later');
     }

@@ -14,6 +14,13 @@
  *    loopback), the EHLO reply does not list AUTH and an AUTH command gets
  *    "530 5.7.0 Must issue a STARTTLS command first" (counted as an unauthenticated command).
  *    smtp-server alone would advertise AUTH before STARTTLS and answer it with 538.
+ * 4. The greeting goes out at once. smtp-server holds every new connection for a fixed
+ *    100 ms first (an "early talker" check with no option to turn it off), which capped a
+ *    client that opens a connection per message at 10 messages/s per connection (bench:smtp,
+ *    new-connection cells). Behind the onion service every client is 127.0.0.1, so the
+ *    check could not feed any per-client reputation. The greeting is written before anything
+ *    is read from the socket, so a client that talks first has its commands answered after
+ *    it, in order, every time.
  */
 import type net from 'node:net';
 import type { AddressInfo } from 'node:net';
@@ -49,6 +56,19 @@ export class OnionSmtpServer extends SMTPServer {
     this.hooks = hooks;
   }
 
+  // Neither listener has a connect or TLS-session policy; smtp-server's default handlers
+  // answer through setImmediate(), long enough for a client's first bytes to be read before
+  // the greeting (and answered "421 You talk too soon"). Answered at once, the greeting is
+  // written before anything is read from the socket (see greetNow). Options still win:
+  // smtp-server installs options.onConnect/onSecure over these.
+  override onConnect(_session: SMTPServerSession, callback: (err?: Error | null) => void): void {
+    callback();
+  }
+
+  override onSecure(_socket: net.Socket | tls.TLSSocket, _session: SMTPServerSession, callback: (err?: Error | null) => void): void {
+    callback();
+  }
+
   override connect(socket: net.Socket | tls.TLSSocket, socketOptions?: Parameters<SMTPServer['connect']>[1]): void {
     const before = new Set(this.connections);
     super.connect(socket, socketOptions);
@@ -57,6 +77,7 @@ export class OnionSmtpServer extends SMTPServer {
     for (const connection of this.connections) {
       if (!before.has(connection)) {
         adjustConnection(connection, this.hooks);
+        greetNow(connection);
       }
     }
   }
@@ -115,6 +136,24 @@ function adjustConnection(connection: Connection, hooks: OnionSmtpHooks): void {
     const next = callback ?? (() => false);
     setImmediate(() => connection._whenWritable(next));
   };
+}
+
+/**
+ * Runs smtp-server's connectionReady() (reverse lookup if enabled, onConnect, greeting) now
+ * instead of from its 100 ms timer; the timer's later call is ignored. Not when init() did
+ * not arm that timer: the connection was refused (maxClients, 421 sent and closing) or waits
+ * for a TLS upgrade of its own (needsUpgrade), which arms it later.
+ */
+function greetNow(connection: Connection): void {
+  const ready = connection.connectionReady.bind(connection);
+  let called = false;
+  connection.connectionReady = (next) => {
+    if (called) return;
+    called = true;
+    ready(next);
+  };
+  if (connection.needsUpgrade || connection._closing || connection._closed) return;
+  connection.connectionReady();
 }
 
 /** An AUTH command (not a continuation line of one) after EHLO that the hook refuses. */
