@@ -330,8 +330,12 @@ describe('daemon lifecycle', () => {
     // The daemon (status above read the users file) would notice within a second; SIGHUP now,
     // which also re-reads config and certificate as the unprivileged user.
     d.child.kill('SIGHUP');
-    for (let i = 0; i < 50 && !/"msg":"reloaded"/.test(d.stderr()); i++) await sleep(100);
-    assert.match(d.stderr(), /"msg":"reloaded"/);
+    let reloaded = '';
+    for (let i = 0; i < 20 && !/last reload .* ok/.test(reloaded); i++) {
+      await sleep(100);
+      reloaded = (await runCli(['--config', d.configFile, 'status'])).stdout;
+    }
+    assert.match(reloaded, /last reload +\S+ ok: reloaded config file, users, aliases, certificate/);
     const imap = await login(low, 'alice', 'pw');
     imap.close();
     const smtp = await SmtpWire.connect(d.ports.smtp);

@@ -265,7 +265,9 @@ describe('ENVELOPE / BODYSTRUCTURE / BODY as Dovecot serves them', () => {
         assert.match(l, /BODY \(\("TEXT" "PLAIN" \("CHARSET" "us-ascii"\) NIL NIL "7BIT" 20 0\)\("MESSAGE" "RFC822" .* "MIXED"\)\)$/, `#${n} BODY`);
       }
       // a UTF8=ACCEPT session gets the subject as UTF-8
-      await r.wire.command('ENABLE UTF8=ACCEPT');
+      await r.wire.command('UNSELECT');
+      assert.match((await r.wire.command('ENABLE UTF8=ACCEPT')).text, /ENABLED UTF8=ACCEPT/);
+      await r.wire.command('SELECT INBOX');
       const utf8 = await r.wire.command('FETCH 1 (ENVELOPE)');
       assert.match(utf8.raw.toString('utf8'), /ENVELOPE \(NIL "Grüße 🎉" /);
     } finally {

@@ -6,7 +6,8 @@
  * - Other domains: the next hop comes from the resolver (`*.onion`: the name itself, port 25,
  *   no DNS), the connection from the connector (Tor's SOCKS port by host name, with the
  *   domain as the stream-isolation key), then one SMTP session carries every due message for
- *   that domain, one transaction after the other (up to `maxMessagesPerConnection`). Several
+ *   that domain, one transaction after the other (up to `maxMessagesPerConnection`), including
+ *   mail for it that was queued while the connection was open. Several
  *   MX hosts: the next one is tried when a connection cannot be made.
  * - Up to `concurrency` domains are worked on at once; a domain is never worked on twice at
  *   the same time.
