@@ -1,9 +1,11 @@
 /**
  * The only module that loads @zone-eu/wildduck. It requires imap-core's entry file, the
  * IMAPConnection class (to replace the greeting, see imap-server.ts), the indexer, the
- * package's error reporter, and two libraries imap-core itself depends on (libmime for
- * RFC 2047 words, iconv-lite for charsets), resolved from the wildduck package so that they
- * are exactly the copies imap-core uses. Everything leaves this module typed.
+ * package's error reporter, some command modules (whose handlers search-command.ts and
+ * commands.ts replace or wrap at run time; the files themselves are never modified), and two
+ * libraries imap-core itself depends on (libmime for RFC 2047 words, iconv-lite for
+ * charsets), resolved from the wildduck package so that they are exactly the copies imap-core
+ * uses. Everything leaves this module typed.
  *
  * Never require the package root: its `main` starts the whole WildDuck server.
  */

@@ -72,9 +72,10 @@ export function createImapServer(options: ImapServerOptions): ImapServer {
 
   const coreOptions: ImapCoreServerOptions = {
     secure: options.secure,
-    // plain listener: offer STARTTLS when we have a certificate, but do not advertise
-    // LOGINDISABLED nor refuse LOGIN there: onion clients log in over loopback in clear
-    // text; onAuth refuses clear-text logins from anywhere else (PRIVACYREQUIRED).
+    // plain listener: offer STARTTLS when we have a certificate, but let imap-core neither
+    // advertise LOGINDISABLED nor refuse LOGIN for the whole listener: onion clients log in
+    // over loopback in clear text. Other clear-text connections are told LOGINDISABLED
+    // (advertiseLoginDisabled) and onAuth refuses their logins (PRIVACYREQUIRED).
     ...(options.tls ? { key: options.tls.key, cert: options.tls.cert, ignoreSTARTTLS: true } : { disableSTARTTLS: true }),
     // One certificate for every name. imap-core installs no SNICallback for implicit-TLS
     // servers but calls it whenever a client sends SNI (TypeError, handshake aborted).

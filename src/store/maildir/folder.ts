@@ -239,6 +239,13 @@ export class MaildirFolder {
   private persistedHighest = 0;
   /** Lines in the index log; -1: no usable log, write a snapshot. */
   private logLines = -1;
+  /**
+   * UIDs our own operations changed, added or removed since the last index save, so that
+   * saving costs O(changes), not O(messages). A scan of the disk (other software's changes)
+   * sets `indexFullScan` instead: the next save compares every record.
+   */
+  private dirtyUids = new Set<number>();
+  private indexFullScan = true;
   private pending: CommitGroup[] = [];
   private flushScheduled = false;
   /** onionpost-cache has been read into the records' cache slots. */
@@ -327,8 +334,16 @@ export class MaildirFolder {
   async readMessage(uid: number): Promise<Buffer | null> {
     for (let attempt = 0; attempt < 3; attempt++) {
       const rec = await this.mutex.run(async () => {
-        if (attempt === 0) await this.ensureFresh();
-        else await this.ensureFresh({ force: true });
+        // A known UID needs no freshness check first (4 stats per message otherwise): if
+        // other software renamed or removed its file, the read fails and we rescan then.
+        if (attempt === 0) {
+          if (this.gone) throw new FolderGoneError(this.path);
+          const known = this.loaded ? this.records.get(uid) : undefined;
+          if (known !== undefined) return known;
+          await this.ensureFresh();
+        } else {
+          await this.ensureFresh({ force: true });
+        }
         return this.records.get(uid);
       });
       if (rec === undefined) return null;
@@ -344,6 +359,7 @@ export class MaildirFolder {
       if (out.length !== rec.size) {
         this.ctx.logger.warn({ mailbox: this.path, uid, recorded: rec.size, actual: out.length }, 'message size differs from its recorded size');
         rec.size = out.length;
+        this.dirtyUids.add(uid);
       }
       return out;
     }
@@ -389,6 +405,7 @@ export class MaildirFolder {
               rec.fileName = to;
               rec.letters = letters;
               rec.modseq = ++this.highestModseq;
+              this.dirtyUids.add(uid);
               const meta = this.meta(rec);
               this.journal.add({ command: 'FETCH', uid, modseq: rec.modseq, flags: [...meta.flags], ...(origin ? { origin } : {}) });
               changed.push(meta);
@@ -446,6 +463,7 @@ export class MaildirFolder {
         }
         for (const rec of done) {
           this.records.delete(rec.uid);
+          this.dirtyUids.add(rec.uid);
           this.byBase.delete(rec.base);
         }
         this.uidCache = null;
@@ -892,6 +910,7 @@ export class MaildirFolder {
     }
 
     // Commit the new state.
+    this.indexFullScan = true;
     const sorted = [...next.values()].sort((a, b) => a.uid - b.uid);
     this.records = new Map(sorted.map((r) => [r.uid, r]));
     this.byBase = new Map(sorted.map((r) => [r.base, r]));
@@ -1048,6 +1067,7 @@ export class MaildirFolder {
         for (const rec of fresh) {
           rec.modseq = ++this.highestModseq;
           this.records.set(rec.uid, rec);
+          this.dirtyUids.add(rec.uid);
           this.byBase.set(rec.base, rec);
         }
         this.uidCache = null;
@@ -1221,21 +1241,32 @@ export class MaildirFolder {
     if (this.gone) return;
     const lines: string[] = [];
     const changed: Array<[number, IndexEntry]> = [];
-    for (const r of this.records.values()) {
+    const removed: number[] = [];
+    const full = this.indexFullScan;
+    const consider = (r: MessageRecord): void => {
       const p = this.persisted.get(r.uid);
       if (p === undefined || p.modseq !== r.modseq || p.letters !== r.letters || p.size !== r.size || p.idate !== r.idate) {
         const entry: IndexEntry = { modseq: r.modseq, size: r.size, idate: r.idate, letters: r.letters };
         changed.push([r.uid, entry]);
         lines.push(logLineSet(r.uid, entry));
       }
-    }
-    const removed: number[] = [];
-    for (const uid of this.persisted.keys()) {
-      if (!this.records.has(uid)) {
-        removed.push(uid);
-        lines.push(logLineRemove(uid, this.highestModseq));
+    };
+    const gone = (uid: number): void => {
+      removed.push(uid);
+      lines.push(logLineRemove(uid, this.highestModseq));
+    };
+    if (full) {
+      for (const r of this.records.values()) consider(r);
+      for (const uid of this.persisted.keys()) if (!this.records.has(uid)) gone(uid);
+    } else {
+      for (const uid of [...this.dirtyUids].sort((a, b) => a - b)) {
+        const r = this.records.get(uid);
+        if (r !== undefined) consider(r);
+        else if (this.persisted.has(uid)) gone(uid);
       }
     }
+    this.dirtyUids.clear();
+    this.indexFullScan = false;
     if (lines.length === 0 && this.persistedHighest === this.highestModseq && !snapshot) return;
     if (lines.length === 0) lines.push(logLineHighest(this.highestModseq));
     try {
@@ -1254,6 +1285,7 @@ export class MaildirFolder {
       this.persistedHighest = this.highestModseq;
     } catch (err) {
       this.logLines = -1; // write a full snapshot next time
+      this.indexFullScan = true;
       this.ctx.logger.warn({ err, mailbox: this.path }, 'could not write the folder index (a cache; will be rebuilt)');
     }
   }
