@@ -101,7 +101,8 @@ interface WorkItem {
   recipients: string[];
 }
 
-const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
+/** A timer that never keeps the process alive (a stopped daemon must be able to exit). */
+const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms).unref());
 
 export class DeliveryScheduler {
   private readonly queue: OutboundQueue;
