@@ -255,8 +255,8 @@ async function main(): Promise<void> {
     }
     if (skipNote) console.log(skipNote);
     console.log(
-      `bench:smtp - ${args.messages} messages per cell (at most ${args.cellSeconds} s of sending), ${os.cpus().length} CPUs, Node ${process.version}; ` +
-        `kept-open connections carry up to ${args.perConnection} messages, pipelined`,
+      `bench:smtp - ${args.messages} messages per cell (at most ${args.cellSeconds} s of sending)${args.rounds > 1 ? `, ${args.rounds} rounds` : ''}, ` +
+        `${os.cpus().length} CPUs, Node ${process.version}; kept-open connections carry up to ${args.perConnection} messages, pipelined where offered`,
     );
 
     for (const [ci, cell] of cells.entries()) {
@@ -288,17 +288,22 @@ async function main(): Promise<void> {
     const haveOs = os_ !== null;
     const haveOp = op !== null;
     lines.push('');
-    lines.push(`${'cell'.padEnd(25)}${haveOp ? 'onionpost'.padStart(11) : ''}${haveOs ? 'OpenSMTPD'.padStart(11) + '(250s/s)'.padStart(10) : ''}${haveOp && haveOs ? 'ratio'.padStart(8) : ''}`);
+    lines.push(
+      `${'cell'.padEnd(25)}${haveOp ? 'onionpost'.padStart(11) + 'CPU'.padStart(7) : ''}` +
+        `${haveOs ? 'OpenSMTPD'.padStart(11) + '(250s/s)'.padStart(10) + 'CPU'.padStart(7) : ''}${haveOp && haveOs ? 'ratio'.padStart(8) : ''}`,
+    );
     for (const [name, row] of results) {
       const a = row.get('onionpost');
       const b = row.get('OpenSMTPD');
       let line = name.padEnd(25);
-      if (haveOp) line += fmtRate(a).padStart(11);
-      if (haveOs) line += fmtRate(b).padStart(11) + (b ? `(${b.ackRate.toFixed(0)})` : '').padStart(10);
+      if (haveOp) line += fmtRate(a).padStart(11) + (a ? a.cpuPerMsg.toFixed(2) : '-').padStart(7);
+      if (haveOs) line += fmtRate(b).padStart(11) + (b ? `(${b.ackRate.toFixed(0)})` : '').padStart(10) + (b ? b.cpuPerMsg.toFixed(2) : '-').padStart(7);
       if (haveOp && haveOs) line += (a && b ? `${(a.rate / b.rate).toFixed(2)}x` : '-').padStart(8);
       lines.push(line);
     }
-    lines.push('msg/s until every message is in the Maildir; onionpost fsyncs before each 250, OpenSMTPD (250s/s: its replies) delivers after.');
+    lines.push('msg/s until every message is in the Maildir (onionpost fsyncs each message before its 250; OpenSMTPD replies');
+    lines.push('250 first, at the "250s/s" rate, and delivers after); CPU: server CPU time per message, ms (all its processes).');
+    if (args.rounds > 1) lines.push(`Each cell: the median of ${args.rounds} runs (servers in alternating order).`);
     if ([...results.values()].some((r) => [...r.values()].some((m) => m.truncated))) lines.push(`* sending stopped after ${args.cellSeconds} s; rate over the messages sent`);
     if (haveOp && haveOs) {
       const target = (mode: 'keep' | 'new', c: number, factor: number): string => {

@@ -202,8 +202,10 @@ describe('outside changes reach IDLE sessions', () => {
       }
       r.wire.write('DONE\r\n');
       assert.match((await r.wire.readTagged('I1')).tagged, /^I1 OK/);
+      // typically 20-60 ms (the rescan fsyncs the new UID before announcing it); without the
+      // watcher no EXISTS would come at all. Generous bound: CI machines are busy.
       const max = Math.max(...latencies);
-      assert.ok(max < 100, `EXISTS after ${latencies.map((l) => l.toFixed(1)).join(', ')} ms`);
+      assert.ok(max < 500, `EXISTS after ${latencies.map((l) => l.toFixed(1)).join(', ')} ms`);
     } finally {
       await stop(r);
       await rm(dir, { recursive: true, force: true });

@@ -13,7 +13,7 @@
  * - it ends a session after 100 messages unless `smtp limit max-mails N`.
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { chmod, chown, mkdir, readdir, unlink, writeFile } from 'node:fs/promises';
 import net from 'node:net';
 import path from 'node:path';
@@ -111,8 +111,10 @@ export async function startOnionpost(options: OnionpostOptions): Promise<BenchSe
       'tls_port = 0',
       '[users]',
       `file = ${JSON.stringify(usersFile)}`,
+      // The default log level (info: a line per message), as deployed; OpenSMTPD logs each
+      // message too (-d, to the same kind of pipe). BENCH_SMTP_LOG_LEVEL overrides it.
       '[log]',
-      'level = "warn"',
+      `level = ${JSON.stringify(process.env.BENCH_SMTP_LOG_LEVEL || 'info')}`,
       '[tor]',
       'control = ""',
       '',
@@ -226,23 +228,72 @@ function run(cmd: string, args: string[]): { ok: boolean; out: string } {
   return { ok: r.status === 0, out: `${r.stdout ?? ''}${r.stderr ?? ''}`.trim() };
 }
 
+/** OpenSMTPD's spool (compiled in: PATH_SPOOL), and the parts of it that hold messages. */
+const SPOOL = '/var/spool/smtpd';
+const SPOOL_PARTS = ['queue', 'incoming', 'temporary'];
+
 /**
- * Removes what the bench left in OpenSMTPD's queue (a run cut short), so that it is not
- * retried the next time an smtpd starts on this machine: only envelopes whose sender or
- * recipient is in `domain` or `client.<domain>`; nothing else in the queue is touched.
+ * The spool's message entries: queue/<bucket>/<msgid>, incoming/<msgid>, temporary/<file>
+ * (paths relative to the spool). Unreadable parts are skipped.
  */
-function removeBenchEnvelopes(smtpd: string, domain: string): void {
-  const smtpctl = path.join(path.dirname(smtpd), 'smtpctl');
-  if (!existsSync(smtpctl)) return;
-  const show = spawnSync(smtpctl, ['show', 'queue'], { encoding: 'utf8', timeout: 10_000 });
-  if (show.status !== 0) return;
-  const ours = (addr: string | undefined): boolean => !!addr && (addr.endsWith(`@${domain}`) || addr.endsWith(`.${domain}`));
-  for (const line of show.stdout.split('\n')) {
-    // evpid|family|type|flags|sender|original recipient|destination|...
-    const f = line.split('|');
-    if (f.length < 7 || !/^[0-9a-f]{16}$/.test(f[0]!)) continue;
-    if (ours(f[4]) || ours(f[5]) || ours(f[6])) spawnSync(smtpctl, ['remove', f[0]!], { timeout: 10_000 });
+function spoolEntries(): Set<string> {
+  const out = new Set<string>();
+  const list = (rel: string): string[] => {
+    try {
+      return readdirSync(path.join(SPOOL, rel));
+    } catch {
+      return [];
+    }
+  };
+  for (const bucket of list('queue')) for (const id of list(`queue/${bucket}`)) out.add(`queue/${bucket}/${id}`);
+  for (const id of list('incoming')) out.add(`incoming/${id}`);
+  for (const f of list('temporary')) out.add(`temporary/${f}`);
+  return out;
+}
+
+/** Whether a spool entry (a file, or a directory of envelope and message files) is the bench's. */
+function isBenchEntry(rel: string, domain: string): boolean {
+  const markers = [`smtpname: ${domain}\n`, `\tby ${domain} (OpenSMTPD)`];
+  const full = path.join(SPOOL, rel);
+  let files: string[];
+  try {
+    files = statSync(full).isDirectory() ? readdirSync(full).map((f) => path.join(full, f)) : [full];
+  } catch {
+    return false;
   }
+  for (const f of files) {
+    try {
+      const head = readFileSync(f).subarray(0, 4096).toString('latin1');
+      if (markers.some((m) => head.includes(m))) return true;
+    } catch {
+      // unreadable: not ours to judge
+    }
+  }
+  return false;
+}
+
+/**
+ * After smtpd stopped: removes what a run cut short left in the spool (messages accepted but
+ * not delivered yet), which the next smtpd on this machine would otherwise try to deliver.
+ * Only entries that appeared during the run and carry the bench's domain are removed.
+ */
+function removeBenchSpool(before: Set<string>, domain: string): number {
+  let removed = 0;
+  const ids = new Set<string>();
+  const fresh = [...spoolEntries()].filter((rel) => !before.has(rel) && SPOOL_PARTS.includes(rel.split('/')[0]!));
+  const remove = (rel: string): void => {
+    try {
+      rmSync(path.join(SPOOL, rel), { recursive: true, force: true });
+      ids.add(path.basename(rel));
+      removed++;
+    } catch {
+      // leave it
+    }
+  };
+  for (const rel of fresh) if (!rel.startsWith('temporary/') && isBenchEntry(rel, domain)) remove(rel);
+  // temporary/<msgid>: a message being written when smtpd stopped, often still empty.
+  for (const rel of fresh) if (rel.startsWith('temporary/') && (ids.has(path.basename(rel)) || isBenchEntry(rel, domain))) remove(rel);
+  return removed;
 }
 
 export interface OpensmtpdOptions {
@@ -308,6 +359,7 @@ export async function startOpensmtpd(options: OpensmtpdOptions): Promise<BenchSe
     const resolv = path.join(dir, 'resolv.conf');
     await writeFile(resolv, 'lookup file\n', { mode: 0o644 });
 
+    const spoolBefore = spoolEntries();
     // A private mount namespace with our resolv.conf; its own process group, so that
     // every smtpd process it forks can be found (and ended) by that group at stop.
     const child: ChildProcess = spawn(
@@ -320,10 +372,7 @@ export async function startOpensmtpd(options: OpensmtpdOptions): Promise<BenchSe
     const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
     const pgid = child.pid!;
     const stop = async (): Promise<void> => {
-      if (child.exitCode === null && child.signalCode === null) {
-        removeBenchEnvelopes(smtpd, domain);
-        child.kill('SIGTERM');
-      }
+      if (child.exitCode === null && child.signalCode === null) child.kill('SIGTERM');
       const timer = setTimeout(() => child.kill('SIGKILL'), 10_000);
       await exited;
       clearTimeout(timer);
@@ -336,7 +385,10 @@ export async function startOpensmtpd(options: OpensmtpdOptions): Promise<BenchSe
         } catch {
           // gone meanwhile
         }
+        for (let i = 0; i < 50 && groupPids(pgid).length > 0; i++) await new Promise((r) => setTimeout(r, 100));
       }
+      const removed = removeBenchSpool(spoolBefore, domain);
+      if (removed > 0) console.error(`bench: removed ${removed} undelivered bench messages from OpenSMTPD's spool`);
     };
     try {
       await waitForGreeting(port, 20_000, () => (child.exitCode !== null || child.signalCode !== null ? `smtpd exited (${child.exitCode ?? child.signalCode})\n${err.get()}` : null));

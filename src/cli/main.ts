@@ -7,13 +7,14 @@ import { CliError, type CliContext, type CliIO, type CommandGroup } from './comm
 
 const COMMANDS: Record<string, { summary: string; load: () => Promise<{ default: CommandGroup }> }> = {
   start: { summary: 'run the mail server in the foreground', load: () => import('./start.js') },
-  user: { summary: 'manage users: user add|passwd|del|list', load: () => import('./user.js') },
+  user: { summary: 'manage users: user add|passwd|del|list|import', load: () => import('./user.js') },
   init: { summary: 'set up: config file, data dir, certificate, onion service', load: () => import('./init.js') },
   alias: { summary: 'manage aliases: alias add|del|list', load: () => import('./alias.js') },
   check: { summary: 'validate the config and print the effective settings', load: () => import('./check.js') },
   status: { summary: 'show whether the daemon runs: listeners, onion, users, queue', load: () => import('./status.js') },
   sendmail: { summary: 'queue a message from standard input (sendmail(8) options: -t -f -F -i -oi ...)', load: () => import('./sendmail.js') },
   queue: { summary: 'the outbound queue: queue list|show|flush|delete', load: () => import('./queue.js') },
+  import: { summary: 'import mail: import maildir PATH --user U | import imap URL --user U', load: () => import('./import.js') },
   'client-config': { summary: 'print mutt, Thunderbird and mbsync settings for a user', load: () => import('./client-config.js') },
 };
 

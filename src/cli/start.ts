@@ -38,7 +38,7 @@ function parseStartArgs(args: string[]): { pidfile: string | null } {
 const start: CommandGroup = async (args, ctx) => {
   const { pidfile } = parseStartArgs(args);
   const config = ctx.config();
-  const logger = createLogger(config.log.level);
+  const logger = createLogger(config.log.level, { format: config.log.format });
   const account = configuredAccount(config.daemon);
   const isRoot = process.getuid?.() === 0;
   // Until the real handler is installed, a SIGHUP (e.g. logrotate) must not kill the start.

@@ -4,7 +4,9 @@
  */
 import { StringDecoder } from 'node:string_decoder';
 import type { Config } from '../config/types.js';
-import { validateUserName } from '../users/passwd-file.js';
+import { readFileSync } from 'node:fs';
+import { parsePasswd, validateUserName, type PasswdEntryLine } from '../users/passwd-file.js';
+import { describeScheme } from '../users/password-hash.js';
 import { UserDb, UserDbError, type UserDbErrorCode } from '../users/user-db.js';
 import { CliError, type CliIO, type CommandGroup } from './command.js';
 
@@ -15,6 +17,9 @@ subcommands:
   passwd NAME [--password-stdin]  set a new password
   del NAME                        remove a user (their mail is not deleted)
   list                            list the users, one per line
+  import FILE [--dry-run]         add the users of a Dovecot passwd-file, keeping their
+                                  password hashes ({SHA512-CRYPT}, {BLF-CRYPT}, {ARGON2ID}...)
+                                  and fields; names that exist already are skipped
 
 Without --password-stdin the password is asked for twice on the terminal, not echoed.
 With --password-stdin one line is read from standard input, for example:
@@ -36,9 +41,11 @@ interface Parsed {
   sub: string;
   name?: string;
   passwordStdin: boolean;
+  dryRun: boolean;
 }
 
-const SUBCOMMANDS: Record<string, { takesName: boolean; takesPassword: boolean }> = {
+const SUBCOMMANDS: Record<string, { takesName: boolean; takesPassword: boolean; takesDryRun?: boolean }> = {
+  import: { takesName: true, takesPassword: false, takesDryRun: true },
   add: { takesName: true, takesPassword: true },
   passwd: { takesName: true, takesPassword: true },
   del: { takesName: true, takesPassword: false },
@@ -57,20 +64,23 @@ function parseArgs(args: string[]): Parsed | 'help' {
   if (!spec) throw usageError(`user: unknown subcommand "${sub}"`);
   const positional: string[] = [];
   let passwordStdin = false;
+  let dryRun = false;
   let onlyPositional = false;
   for (const a of rest) {
     if (!onlyPositional && a === '--') onlyPositional = true;
     else if (!onlyPositional && a === '--password-stdin' && spec.takesPassword) passwordStdin = true;
+    else if (!onlyPositional && a === '--dry-run' && spec.takesDryRun) dryRun = true;
     else if (!onlyPositional && a.startsWith('-') && a !== '-') throw usageError(`user ${sub}: unknown option "${a}"`);
     else positional.push(a);
   }
   if (spec.takesName) {
-    if (positional.length === 0) throw usageError(`user ${sub}: the user NAME is missing`);
-    if (positional.length > 1) throw usageError(`user ${sub}: only one NAME, got ${positional.length}`);
-    return { sub, name: positional[0]!, passwordStdin };
+    const what = sub === 'import' ? 'FILE' : 'NAME';
+    if (positional.length === 0) throw usageError(`user ${sub}: the ${sub === 'import' ? 'passwd-FILE' : 'user NAME'} is missing`);
+    if (positional.length > 1) throw usageError(`user ${sub}: only one ${what}, got ${positional.length}`);
+    return { sub, name: positional[0]!, passwordStdin, dryRun };
   }
   if (positional.length > 0) throw usageError(`user ${sub}: unexpected argument "${positional[0]}"`);
-  return { sub, passwordStdin };
+  return { sub, passwordStdin, dryRun };
 }
 
 const userCommand: CommandGroup = async (args, ctx) => {
@@ -116,6 +126,10 @@ const userCommand: CommandGroup = async (args, ctx) => {
         io.stdout.write(`changed the password of ${user.name}\n`);
         return 0;
       }
+      case 'import': {
+        warnProblems();
+        return await importUsers(parsed.name!, parsed.dryRun, db, io);
+      }
       case 'del': {
         warnProblems();
         const user = await db.remove(parsed.name!);
@@ -131,6 +145,43 @@ const userCommand: CommandGroup = async (args, ctx) => {
 };
 
 export default userCommand;
+
+/**
+ * `user import FILE`: entries with a usable hash are added with all their fields; lines that
+ * cannot be used (bad names, unsupported schemes) are reported and skipped; so are names
+ * that exist already. Exit 0 when the file was read, even if some lines were skipped.
+ */
+async function importUsers(file: string, dryRun: boolean, db: UserDb, io: CliIO): Promise<number> {
+  let text: string;
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch (err) {
+    const e = err as NodeJS.ErrnoException;
+    throw new CliError(`cannot read ${file}: ${e.code === 'ENOENT' ? 'no such file' : e.message}`, e.code === 'ENOENT' ? 66 : 74);
+  }
+  const { doc, problems } = parsePasswd(text);
+  for (const p of problems) io.stderr.write(`onionpost: warning: ${file}:${p.line}: ${p.message}\n`);
+  const usable: PasswdEntryLine[] = [];
+  const plainNames = new Set<string>();
+  for (const line of doc.lines) {
+    if (line.kind !== 'entry') continue;
+    const hash = line.fields[1] ?? '';
+    const d = describeScheme(hash);
+    if (hash === '' || !d.supported) {
+      io.stderr.write(`onionpost: warning: ${file}:${line.lineNo}: user "${line.key}" skipped: ${hash === '' ? 'no password' : d.reason}\n`);
+      continue;
+    }
+    if (/^(PLAIN|CLEAR|CLEARTEXT)$/i.test(d.scheme)) plainNames.add(line.key);
+    usable.push(line);
+  }
+  const { added, existing } = await db.importEntries(usable, { dryRun });
+  for (const name of existing) io.stderr.write(`onionpost: warning: user "${name}" already exists; skipped (their entry is unchanged)\n`);
+  for (const name of added) io.stdout.write(`${dryRun ? 'would add' : 'added'} user ${name}\n`);
+  io.stdout.write(`${dryRun ? 'dry run: would import' : 'imported'} ${added.length} user(s) from ${file}; ${existing.length} already existed, ${doc.lines.filter((l) => l.kind === 'entry').length - usable.length + problems.length} line(s) unusable\n`);
+  const plain = added.filter((n) => plainNames.has(n));
+  if (plain.length > 0) io.stderr.write(`onionpost: warning: ${plain.join(', ')}: {PLAIN} password(s) stored in clear; set new ones with: onionpost user passwd NAME\n`);
+  return 0;
+}
 
 /** `alice` or `alice@<one of our domains>` -> `alice` (new users get bare names). */
 function bareName(name: string, config: Config): string {

@@ -284,7 +284,7 @@ export function loadConfigDetailed(
     },
     store: { type: 'maildir', maildir: str('store.maildir') },
     quota: { default: num('quota.default') },
-    log: { level: str('log.level') as LogLevel },
+    log: { level: str('log.level') as LogLevel, format: str('log.format') as Config['log']['format'] },
     tor: {
       control: torControl(where, str('tor.control')),
       controlPassword: str('tor.control_password'),

@@ -57,6 +57,7 @@ export const KEYS: readonly KeySpec[] = [
   { key: 'store.maildir', kind: { type: 'string' }, default: 'mail/%u' },
   { key: 'quota.default', kind: { type: 'size', min: 0, max: 2 ** 50 }, default: 1024 ** 3 },
   { key: 'log.level', kind: { type: 'enum', values: LOG_LEVELS }, default: 'info' },
+  { key: 'log.format', kind: { type: 'enum', values: ['auto', 'json', 'pretty'] }, default: 'auto' },
   { key: 'tor.control', kind: { type: 'string', allowEmpty: true }, default: '127.0.0.1:9051' },
   { key: 'tor.control_password', kind: { type: 'string', allowEmpty: true }, default: '' },
   { key: 'tor.cookie_file', kind: { type: 'string', allowEmpty: true }, default: '' },

@@ -101,6 +101,8 @@ export interface Config {
   };
   log: {
     level: LogLevel;
+    /** auto: readable lines when stderr is a terminal, else JSON; json; pretty. */
+    format: 'auto' | 'json' | 'pretty';
   };
   tor: {
     /** Tor's control port (onion service at init and at each start); null: never use it. */

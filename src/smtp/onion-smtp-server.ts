@@ -77,6 +77,7 @@ export class OnionSmtpServer extends SMTPServer {
     for (const connection of this.connections) {
       if (!before.has(connection)) {
         adjustConnection(connection, this.hooks);
+        batchReplies(connection);
         greetNow(connection);
       }
     }
@@ -135,6 +136,36 @@ function adjustConnection(connection: Connection, hooks: OnionSmtpHooks): void {
     connection.send(500, '5.5.2 Error: NUL character in command line');
     const next = callback ?? (() => false);
     setImmediate(() => connection._whenWritable(next));
+  };
+}
+
+/**
+ * Replies produced in one turn of the event loop leave in one socket write. A pipelining
+ * client gets the replies to MAIL, RCPT and DATA (and, with connections kept open, the 250
+ * for the previous message) together instead of one system call and one segment each; the
+ * last reply of a batch waits at most until the end of the loop turn (setImmediate).
+ * 220 (greeting, STARTTLS: the TLS handshake takes the socket next), 221 and 421 (the
+ * connection closes) are flushed together with whatever waits, at once.
+ */
+function batchReplies(connection: Connection): void {
+  let corked: net.Socket | tls.TLSSocket | null = null;
+  const flush = (): void => {
+    const socket = corked;
+    corked = null;
+    socket?.uncork();
+  };
+  const send = connection.send.bind(connection);
+  connection.send = (code, data, context) => {
+    const socket = connection._socket;
+    if (corked !== null && corked !== socket) flush();
+    // (Nothing is written while a TLS handshake runs on the socket: smtp-server drops it.)
+    if (corked === null && !connection._upgrading && socket.writable) {
+      socket.cork();
+      corked = socket;
+      setImmediate(flush);
+    }
+    send(code, data, context);
+    if (code === 220 || code === 221 || code === 421) flush();
   };
 }
 

@@ -218,6 +218,38 @@ export class UserDb {
     return added!;
   }
 
+  /**
+   * Adds users that already have a hash (a Dovecot passwd-file being migrated): each line's
+   * fields are kept as they are (hash, uid, gid, home, extra fields). Names already in the
+   * file are left alone and returned in `existing`. One locked write for all of them.
+   */
+  async importEntries(lines: readonly PasswdEntryLine[], options: { dryRun?: boolean } = {}): Promise<{ added: string[]; existing: string[] }> {
+    const added: string[] = [];
+    const existing: string[] = [];
+    const decide = (snap: Snapshot, doc: PasswdDocument | null) => {
+      for (const line of lines) {
+        const found = this.find(snap, line.key) ?? snap.byName.get(line.key);
+        if (found || added.includes(line.key)) {
+          existing.push(line.key);
+          continue;
+        }
+        added.push(line.key);
+        if (doc) appendLine(doc, { kind: 'entry', lineNo: 0, fields: [...line.fields], cr: false, key: line.key });
+      }
+    };
+    if (options.dryRun) {
+      this.reload();
+      decide(this.watched.snapshot, null);
+      return { added, existing };
+    }
+    await this.modify((doc, snap) => {
+      added.length = 0;
+      existing.length = 0;
+      decide(snap, doc);
+    });
+    return { added, existing };
+  }
+
   /** Replaces a user's password (with a new {ARGON2ID} hash); other fields stay. */
   async setPassword(name: string, password: string): Promise<User> {
     const hash = await this.hashNew(password);
