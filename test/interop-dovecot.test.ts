@@ -31,18 +31,6 @@ if (missing) process.stderr.write(`interop-dovecot: skipped: ${missing}\n`);
 const USER = 'alice';
 const PASSWORD = 'correct horse';
 
-/**
- * Known onionpost bugs these tests found (src/imap, owned elsewhere): the tests stay in as
- * `todo` until fixed. Set a constant to false once its test passes.
- */
-const TODO_ENVELOPE_8BIT =
-  'src/imap: ENVELOPE of raw 8-bit UTF-8 header fields is garbled ("Grüße" -> "Gr\uFFFD\uFFFDe"): imap-core ' +
-  'parse-mime-tree already decodes binary headers as UTF-8 and create-envelope decodes them again ' +
-  '(indexer.getEnvelope in message-cache.ts / structure-cache.ts); and a message without Content-Type lacks BODYSTRUCTURE ("CHARSET" "US-ASCII")';
-const TODO_APPEND_UTF8 =
-  'src/imap: after ENABLE UTF8=ACCEPT, APPEND to a non-ASCII mailbox answers NO [TRYCREATE]: imap-core append.js ' +
-  'leaves the name as a latin1 ("binary") string, unlike SELECT/CREATE; onAppend gets "EntwÃ¼rfe"';
-
 // --------------------------------------------------------------------------------------
 // What a client sees
 // --------------------------------------------------------------------------------------
@@ -362,7 +350,7 @@ describe(`Dovecot${missing ? '' : ` ${dovecotVersion()}`} writes, then onionpost
     assertSameState(ours, theirs, 'onionpost after Dovecot');
   });
 
-  it('onionpost answers ENVELOPE and BODYSTRUCTURE as Dovecot does', { todo: TODO_ENVELOPE_8BIT }, () => {
+  it('onionpost answers ENVELOPE and BODYSTRUCTURE as Dovecot does', () => {
     assert.ok(ours.length > 0, 'needs the onionpost snapshot');
     assertSameStructure(ours, theirs, 'onionpost after Dovecot');
   });
@@ -393,7 +381,7 @@ describe(`Dovecot${missing ? '' : ` ${dovecotVersion()}`} writes, then onionpost
     }, true);
   });
 
-  it('APPEND to a non-ASCII folder named in UTF-8 (after ENABLE UTF8=ACCEPT, as imapflow does)', { todo: TODO_APPEND_UTF8 }, async () => {
+  it('APPEND to a non-ASCII folder named in UTF-8 (after ENABLE UTF8=ACCEPT, as imapflow does)', async () => {
     assert.ok(daemon, 'needs the daemon');
     await withClient(daemon.ports.imap, async (c) => {
       assert.ok(c.enabled.has('UTF8=ACCEPT'));
@@ -524,7 +512,7 @@ describe(`onionpost writes, then Dovecot${missing ? '' : ` ${dovecotVersion()}`}
     assertDovecotHappy(dovecot);
   });
 
-  it('Dovecot answers ENVELOPE and BODYSTRUCTURE as onionpost did', { todo: TODO_ENVELOPE_8BIT }, () => {
+  it('Dovecot answers ENVELOPE and BODYSTRUCTURE as onionpost did', () => {
     assert.ok(theirs.length > 0, 'needs the Dovecot snapshot');
     assertSameStructure(ours, theirs, 'onionpost before Dovecot');
   });
