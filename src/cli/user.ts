@@ -344,13 +344,15 @@ export function readHiddenLines(io: CliIO, prompts: string[]): Promise<string[]>
       }
     };
 
-    io.stderr.write(prompts[0]!);
+    // No-echo (raw) mode before the prompt appears: whatever is typed after it is ours,
+    // Ctrl-C included (in cooked mode the terminal would turn it into SIGINT).
     try {
       stdin.setRawMode!(true);
     } catch (err) {
       reject(new CliError(`cannot switch the terminal to no-echo mode: ${(err as Error).message}; use --password-stdin`, 74));
       return;
     }
+    io.stderr.write(prompts[0]!);
     stdin.on('data', onData);
     stdin.on('end', onEnd);
     stdin.on('error', onEnd);

@@ -127,7 +127,7 @@ export class Progress {
       bar = `[${'#'.repeat(filled)}${'-'.repeat(width - filled)}] `;
     }
     const count = total === null ? `${done}` : `${done}/${total}`;
-    const cols = this.out.columns ?? 80;
+    const cols = this.out.columns || 80;
     const line = `${bar}${count} ${label}`.slice(0, Math.max(10, cols - 1));
     this.out.write(`\r\x1b[K${line}`);
     this.shown = true;
