@@ -11,6 +11,7 @@ import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { ImapFlow } from 'imapflow';
 import { MaildirStore } from '../src/store/maildir/maildir-store.js';
+import { parseImapUrl, targetPathFor } from '../src/import/imap-import.js';
 import { runCli } from './helpers/cli.js';
 import { startDaemon, type Daemon } from './helpers/daemon.js';
 import { dovecotMissing, startDovecot } from './helpers/dovecot.js';
@@ -107,7 +108,7 @@ describe('import maildir (a Maildir written by Dovecot)', { skip: dovecotMissing
       source = await readSource(client, FOLDERS);
       await client.logout();
     } finally {
-      await dovecot.stop();
+      await dovecot.cleanup(); // stops it, gives the Maildir back, removes its temp dir
     }
     aliceMaildir = path.join(mailRoot, 'alice');
   });
@@ -162,6 +163,34 @@ describe('import maildir (a Maildir written by Dovecot)', { skip: dovecotMissing
     const inbox = (await readBack(t.maildir, 'bob')).folders.get('INBOX')!;
     assert.deepEqual(inbox.msgs.map((m) => m.subject), ['already here', 'one', 'two', 'three', 'late']);
     await rm(path.join(aliceMaildir, 'new', name));
+  });
+
+  test('into a running daemon: appends (new UIDs) and IMAP sessions see the mail', async () => {
+    const d = await startDaemon();
+    try {
+      const add = await runCli(['--config', d.configFile, 'user', 'add', 'bob', '--password-stdin'], { input: 'bob-pw\n' });
+      assert.equal(add.code, 0, add.stderr);
+      const watcher = new ImapFlow({ host: '127.0.0.1', port: d.ports.imap, secure: false, doSTARTTLS: false, auth: { user: 'bob', pass: 'bob-pw' }, logger: false });
+      await watcher.connect();
+      await watcher.mailboxOpen('Sent'); // a session has a folder selected during the import
+      const r = await runCli(['--config', d.configFile, 'import', 'maildir', aliceMaildir, '--user', 'bob']);
+      assert.equal(r.code, 0, r.stderr);
+      assert.match(r.stderr, /the daemon runs .* new UIDs; stop it first to keep UIDs/);
+      assert.doesNotMatch(r.stdout, /UIDs kept/);
+      for (let i = 0; i < 30 && (watcher.mailbox as { exists: number }).exists === 0; i++) {
+        await watcher.noop();
+        await new Promise((r) => setTimeout(r, 100));
+      }
+      assert.equal((watcher.mailbox as { exists: number }).exists, source.get('Sent')!.msgs.length, 'the selected folder announced the new message');
+      await watcher.logout();
+      const client = new ImapFlow({ host: '127.0.0.1', port: d.ports.imap, secure: false, doSTARTTLS: false, auth: { user: 'bob', pass: 'bob-pw' }, logger: false });
+      await client.connect();
+      const seen = await readSource(client, FOLDERS);
+      await client.logout();
+      for (const f of FOLDERS) assert.deepEqual(withoutUids(seen.get(f)!.msgs), withoutUids(source.get(f)!.msgs), `${f} over IMAP`);
+    } finally {
+      await d.cleanup();
+    }
   });
 
   test('errors: unknown user, not a Maildir, missing --user', async () => {
@@ -242,5 +271,28 @@ describe('import imap (from a running onionpost over imaps://)', () => {
     const r = await runCli(['--config', t.config, 'import', 'imap', url, '--user', 'bob', '--password-stdin', '--insecure'], { input: 'alice-pw\n' });
     assert.equal(r.code, 0, r.stderr);
     assert.match(r.stdout, /imported [45] message\(s\)/);
+  });
+});
+
+describe('import imap: URL and folder mapping', () => {
+  test('parseImapUrl', () => {
+    assert.deepEqual(parseImapUrl('imaps://alice@mail.example.org'), { secure: true, host: 'mail.example.org', port: 993, user: 'alice' });
+    assert.deepEqual(parseImapUrl('imap://alice%40example.org@[::1]:1143'), { secure: false, host: '::1', port: 1143, user: 'alice@example.org' });
+    assert.throws(() => parseImapUrl('imaps://alice:pw@host'), /do not put the password in the URL/);
+    assert.throws(() => parseImapUrl('pop3://alice@host'), /not supported/);
+    assert.throws(() => parseImapUrl('imaps://host'), /names no user/);
+    assert.throws(() => parseImapUrl('imaps://alice@host/INBOX'), /must not have a path/);
+  });
+
+  test('targetPathFor: special-use folders go to ours, virtual ones are skipped', () => {
+    const ours = new Map([['\\Sent', 'Sent'], ['\\Trash', 'Trash']]);
+    const box = (path: string, parent: string[], name: string, specialUse?: string) => ({ path, parent, name, specialUse });
+    assert.equal(targetPathFor(box('inbox', [], 'inbox'), ours), 'INBOX');
+    assert.equal(targetPathFor(box('Sent Messages', [], 'Sent Messages', '\\Sent'), ours), 'Sent');
+    assert.equal(targetPathFor(box('[Gmail]/Trash', ['[Gmail]'], 'Trash', '\\Trash'), ours), 'Trash');
+    assert.equal(targetPathFor(box('Entwürfe', [], 'Entwürfe', '\\Drafts'), ours), 'Drafts');
+    assert.equal(targetPathFor(box('[Gmail]/All Mail', ['[Gmail]'], 'All Mail', '\\All'), ours), null);
+    assert.equal(targetPathFor(box('INBOX.Lists.node', ['INBOX', 'Lists'], 'node'), ours), 'INBOX/Lists/node');
+    assert.equal(targetPathFor(box('Work.2026', ['Work'], '2026'), ours), 'Work/2026');
   });
 });

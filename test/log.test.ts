@@ -50,6 +50,7 @@ describe('createLogger', () => {
     assert.match(tty.text(), /^\d\d:\d\d:\d\d\.\d{3} .*WARN.* smtp-inbound \[k9\] message rejected size=12 password=\[redacted\]\n$/);
     assert.match(forced.text(), /^\d\d:\d\d:\d\d\.\d{3} INFO  \[z1\] hello world\n$/, 'no colours when not a terminal');
     assert.equal(formatPretty('not json'), 'not json\n');
+    assert.match(formatPretty(JSON.stringify({ level: 30, time: 0, component: 'imap', cid: 'q1', msg: '[q1] bob authenticated', tnx: 'auth' })), / INFO  imap \[q1\] bob authenticated tnx=auth\n$/, 'the cid is not shown twice');
     assert.match(formatPretty(JSON.stringify({ level: 50, time: 0, msg: 'boom', err: { message: 'bad', stack: 'Error: bad\n    at x' } })), /ERROR boom err="bad"\n    at x\n$/);
   });
 });

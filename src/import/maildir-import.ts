@@ -9,6 +9,7 @@
  *   mtimes, i.e. internal dates, included) together with `dovecot-uidlist` and
  *   `dovecot-keywords`, under the folder's dotlock. The store then reads the folder as
  *   Dovecot left it: same UIDVALIDITY, same UIDs, so IMAP clients keep their caches.
+ *   Only while no daemon runs on the data dir (see runningDaemon).
  * - **Append** otherwise (the target already has mail, or no uidlist): every message not
  *   imported yet goes through `MailStore.append` in source UID order (files unknown to the
  *   uidlist last, by mtime), with its flags, keywords and mtime as internal date. UIDs are
@@ -16,7 +17,7 @@
  * Either way each imported file's base name is written to the resume log, so a re-run
  * imports only what is new.
  */
-import { constants as fsc } from 'node:fs';
+import { constants as fsc, readFileSync } from 'node:fs';
 import { copyFile, mkdir, open, readdir, readFile, rename, stat, unlink, utimes, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import type { Config } from '../config/types.js';
@@ -124,6 +125,7 @@ export async function importMaildir(opts: MaildirImportOptions): Promise<ImportS
   const folders = await listSourceFolders(source);
   if (folders.length === 0) throw new ImportError(`${opts.source} holds no Maildir folder (no cur/ directory in it or in any .Folder below it)`, 65);
 
+  const daemon = runningDaemon(opts.config.dataDir);
   const target = await openTarget(opts.config, opts.user);
   const log = new ResumeLog(opts.config.dataDir, target.user, `maildir:${source}`);
   const progress = new Progress(opts.stderr);
@@ -132,6 +134,9 @@ export async function importMaildir(opts: MaildirImportOptions): Promise<ImportS
     progress.clear();
     opts.stderr.write(`onionpost: warning: ${msg}\n`);
   };
+  if (daemon !== null && !opts.noKeepUids) {
+    opts.stderr.write(`onionpost: note: the daemon runs (pid ${daemon}), so folders are appended with new UIDs; stop it first to keep UIDs and UIDVALIDITY\n`);
+  }
   try {
     const existing = new Set((await target.store.listMailboxes(target.user)).map((m) => m.path));
     for (const folder of folders) {
@@ -160,6 +165,7 @@ export async function importMaildir(opts: MaildirImportOptions): Promise<ImportS
       const status = await target.store.mailboxStatus(target.user, folder.path);
       const canCopy =
         !opts.noKeepUids &&
+        daemon === null &&
         uidlist !== null &&
         !uidlist.needsRewrite &&
         status !== null &&
@@ -215,6 +221,28 @@ export async function importMaildir(opts: MaildirImportOptions): Promise<ImportS
   }
   summary.seconds = (Date.now() - started) / 1000;
   return summary;
+}
+
+/**
+ * The pid of a daemon running on this data dir, or null. Swapping the uidlist of a folder
+ * that a running daemon has loaded makes it see a replaced mailbox (sessions that selected it
+ * lose it; INBOX showed as NONEXISTENT until a restart), so the UID-keeping copy is only done
+ * while no daemon runs.
+ */
+function runningDaemon(dataDir: string): number | null {
+  let pid: number;
+  try {
+    pid = Number.parseInt(readFileSync(path.join(dataDir, 'onionpost.pid'), 'utf8').trim(), 10);
+  } catch {
+    return null;
+  }
+  if (!Number.isInteger(pid) || pid <= 0) return null;
+  try {
+    process.kill(pid, 0);
+    return pid;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM' ? pid : null;
+  }
 }
 
 /** Appends; when the folder's keyword table is full (LIMIT), keeps the system flags only. */

@@ -74,7 +74,10 @@ export function formatPretty(line: string, color = false): string {
   const parts = [time, levelText];
   if (typeof obj.component === 'string') parts.push(obj.component);
   if (obj.cid !== undefined) parts.push(`[${String(obj.cid)}]`);
-  parts.push(typeof obj.msg === 'string' ? obj.msg : '');
+  let msg = typeof obj.msg === 'string' ? obj.msg : '';
+  // imap-core starts its messages with "[<cid>] " itself
+  if (obj.cid !== undefined && msg.startsWith(`[${String(obj.cid)}] `)) msg = msg.slice(String(obj.cid).length + 3);
+  parts.push(msg);
   let stack = '';
   for (const [k, v] of Object.entries(obj)) {
     if (HEAD_FIELDS.has(k)) continue;
