@@ -84,7 +84,7 @@ class Wire {
       const socket = net.connect({ host, port });
       const timer = setTimeout(() => {
         socket.destroy();
-        reject(new GreetingTimeout(`no connection within ${connectTimeoutMs} ms`));
+        reject(new Timeout(`no connection within ${connectTimeoutMs} ms`));
       }, connectTimeoutMs);
       socket.once('error', (err) => {
         clearTimeout(timer);
@@ -138,7 +138,7 @@ class Wire {
     if (this.replies.length >= n) return Promise.resolve(this.replies.splice(0, n));
     if (this.failure) return Promise.reject(this.failure);
     return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => this.fail(new GreetingTimeout(`no reply within ${timeoutMs} ms`)), timeoutMs);
+      const timer = setTimeout(() => this.fail(new Timeout(`no reply within ${timeoutMs} ms`)), timeoutMs);
       this.waiter = { n, resolve, reject, timer };
     });
   }
@@ -159,7 +159,7 @@ class Wire {
 }
 
 class SmtpFailure extends Error {}
-class GreetingTimeout extends Error {}
+class Timeout extends Error {}
 
 function expect(reply: Reply, ok: (code: number) => boolean, what: string): void {
   if (!ok(reply.code)) throw new SmtpFailure(`${what}: ${reply.text.split('\n')[0]}`);
@@ -197,6 +197,9 @@ export async function runLoad(options: LoadOptions): Promise<LoadResult> {
   async function session(first: number): Promise<void> {
     result.connections++;
     let current: number | null = first;
+    // Messages taken from the pool and not answered yet (the current one and, pipelined
+    // behind its content, the next): lost if the connection is.
+    let unanswered = 1;
     let wire: Wire | null = null;
     try {
       for (let attempt = 1; ; attempt++) {
@@ -207,7 +210,7 @@ export async function runLoad(options: LoadOptions): Promise<LoadResult> {
         } catch (err) {
           wire?.close();
           wire = null;
-          if (!(err instanceof GreetingTimeout) || attempt >= 5) throw err;
+          if (!(err instanceof Timeout) || attempt >= 5) throw err;
           result.retries++;
           result.connections++;
         }
@@ -241,6 +244,7 @@ export async function runLoad(options: LoadOptions): Promise<LoadResult> {
         current = sent < perConnection ? take() : null;
         const content = options.message(i);
         const group = [...content, DOT];
+        if (current !== null) unanswered++;
         if (current !== null && pipelining) {
           group.push(mailFrom, rcptTo(current), dataCmd);
           pending = true;
@@ -251,6 +255,7 @@ export async function runLoad(options: LoadOptions): Promise<LoadResult> {
         }
         wire.write(group);
         const [done] = await wire.read(1);
+        unanswered--;
         if (done!.code === 250) result.accepted++;
         else {
           result.failed++;
@@ -260,8 +265,7 @@ export async function runLoad(options: LoadOptions): Promise<LoadResult> {
       if (!pipelining) wire.write([QUIT]);
       await wire.read(1).catch(() => undefined); // 221
     } catch (err) {
-      // The message in hand (and a pipelined next one) is lost with the connection.
-      if (current !== null) result.failed++;
+      result.failed += unanswered;
       noteError(err);
     } finally {
       wire?.close();

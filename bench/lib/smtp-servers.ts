@@ -6,7 +6,8 @@
  * - one smtpd per machine (queue, control socket and pid file are compiled-in paths): when
  *   one is already running, the bench leaves it alone and skips OpenSMTPD;
  * - it delivers only as real system users with a home (never as root): the bench creates a
- *   user of its own when missing (home in the bench's temp dir) and deletes only that user;
+ *   user of its own for the run (home in the bench's temp dir) and deletes it again; a user
+ *   of that name it did not create makes it skip OpenSMTPD;
  * - it looks up every client's name before the greeting, which stalls without reachable
  *   DNS: it runs in a private mount namespace (`unshare -m`) where /etc/resolv.conf is a
  *   bind-mounted file saying `lookup file` (hosts file only);
@@ -299,10 +300,13 @@ function removeBenchSpool(before: Set<string>, domain: string): number {
 export interface OpensmtpdOptions {
   dir: string;
   domain: string;
-  /** System user that receives the mail (created when missing, deleted again at stop). */
+  /** System user that receives the mail (created for the run, deleted at stop). */
   user: string;
   maxMails: number;
 }
+
+/** The comment (GECOS) of the user the bench creates: how a leftover is recognised. */
+const USER_COMMENT = 'onionpost bench (temporary)';
 
 /** Starts OpenSMTPD; call opensmtpdUnavailable() first. */
 export async function startOpensmtpd(options: OpensmtpdOptions): Promise<BenchServer> {
@@ -313,22 +317,20 @@ export async function startOpensmtpd(options: OpensmtpdOptions): Promise<BenchSe
   await chmod(dir, 0o711);
   const home = path.join(dir, 'home');
 
+  // A user of that name that this bench did not make is left alone (its mail too).
   const existing = run('getent', ['passwd', user]);
-  let created = false;
-  let userHome: string;
   if (existing.ok) {
-    userHome = existing.out.split(':')[5] ?? '';
-    if (!userHome || !existsSync(userHome)) throw new Error(`user ${user} exists but has no home directory`);
-  } else {
-    const add = run('useradd', ['--home-dir', home, '--no-create-home', '--shell', '/bin/sh', '--user-group', '--comment', 'onionpost bench (temporary)', user]);
-    if (!add.ok) throw new Error(`useradd ${user} failed: ${add.out}`);
-    created = true;
-    userHome = home;
-    await mkdir(home, { mode: 0o700 });
-    const ids = run('id', ['-u', user]).out;
-    const gid = run('id', ['-g', user]).out;
-    await chown(home, Number(ids), Number(gid));
+    if (existing.out.split(':')[4] !== USER_COMMENT) throw new Error(`a user named ${user} exists and is not the bench's; OpenSMTPD needs one of its own`);
+    // Left by a bench run that was killed: its home (in that run's temp dir) is gone.
+    const del = run('userdel', [user]);
+    if (!del.ok) throw new Error(`userdel ${user} (left by an earlier run) failed: ${del.out}`);
   }
+  const add = run('useradd', ['--home-dir', home, '--no-create-home', '--shell', '/bin/sh', '--user-group', '--comment', USER_COMMENT, user]);
+  if (!add.ok) throw new Error(`useradd ${user} failed: ${add.out}`);
+  let created = true;
+  const userHome = home;
+  await mkdir(home, { mode: 0o700 });
+  await chown(home, Number(run('id', ['-u', user]).out), Number(run('id', ['-g', user]).out));
   const removeUser = (): void => {
     if (created) {
       const del = run('userdel', [user]);

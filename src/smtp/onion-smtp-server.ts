@@ -1,8 +1,8 @@
 /**
- * smtp-server with two per-connection adjustments shared by our SMTP listeners
- * (inbound now, submission later). Both rely on members that smtp-server 3.21 declares in
- * its own typings (SMTPServer.connect, SMTPConnection.send/_onCommand); the tests in
- * test/smtp-inbound.test.ts exercise both, so an upgrade that breaks them fails there.
+ * smtp-server with per-connection adjustments shared by our SMTP listeners (inbound and
+ * submission). They rely on members that smtp-server 3.21 declares in its own typings
+ * (SMTPServer.connect, SMTPConnection.send/_onCommand/connectionReady/_socket); the tests in
+ * test/smtp-*.test.ts exercise them, so an upgrade that breaks them fails there.
  *
  * 1. Explicit enhanced status codes. With ENHANCEDSTATUSCODES on, smtp-server derives the
  *    enhanced code of a handler error from the reply code alone (550 -> 5.1.1, 451 -> 4.3.0),
@@ -21,6 +21,8 @@
  *    check could not feed any per-client reputation. The greeting is written before anything
  *    is read from the socket, so a client that talks first has its commands answered after
  *    it, in order, every time.
+ * 5. Replies produced in the same turn of the event loop leave in one write (batchReplies):
+ *    fewer system calls and segments per pipelined transaction.
  */
 import type net from 'node:net';
 import type { AddressInfo } from 'node:net';
@@ -72,8 +74,9 @@ export class OnionSmtpServer extends SMTPServer {
   override connect(socket: net.Socket | tls.TLSSocket, socketOptions?: Parameters<SMTPServer['connect']>[1]): void {
     const before = new Set(this.connections);
     super.connect(socket, socketOptions);
-    // connect() adds exactly one connection and only arms a timer before the greeting, so
-    // the wrappers are in place before any reply is written or any command is read.
+    // connect() adds exactly one connection (none if it was refused: over maxClients) and
+    // only arms smtp-server's greeting timer; the wrappers are in place before greetNow()
+    // writes the greeting, and nothing has been read from the socket yet.
     for (const connection of this.connections) {
       if (!before.has(connection)) {
         adjustConnection(connection, this.hooks);
