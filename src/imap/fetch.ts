@@ -5,18 +5,25 @@
  * from parsing the message once (then the slot is filled). Every body section is a slice of
  * the bytes store.readMessage returns, so BODY[], BODY[TEXT], RFC822* and partials are
  * byte-exact.
+ *
+ * Output: ENVELOPE/BODYSTRUCTURE/BODY are compiled once per message and session mode and
+ * kept (StructureCache.compiledOf); a FETCH of metadata items only puts each line together
+ * from compiled pieces (writeMetadata), other FETCHes go through formatResponse and the
+ * compiler with the cached texts spliced in as TEXT nodes and literal bytes spliced in after
+ * compiling (no string copy of bodies). Responses are written in ~64 KB chunks, and the
+ * next few messages are read while the current ones are written. Byte-identity with
+ * imap-core's own output is tested in test/imap-fetch-output.test.ts.
  */
-import { PassThrough } from 'node:stream';
 import type { MessageMeta } from '../store/types.js';
-import type { FetchOptions, FetchQueryItem, FetchValue, ImapHandlers, ImapSession, StreamLiteral } from './imap-core-types.js';
-import { imapHandler } from './imap-core.js';
+import type { FetchOptions, FetchQueryItem, FetchValue, ImapHandlers, ImapResponse, ImapSession, SplicedLiteral } from './imap-core-types.js';
+import { formatInternalDate, imapHandler } from './imap-core.js';
 import { respond, type HandlerContext } from './handler-context.js';
 import { bodyFromStructure, decodeMessageCache, describeMessage } from './message-cache.js';
 import { extractSection, parseMime, type MimePart } from './mime-sections.js';
-import type { MessageKey, MessageStructure } from './structure-cache.js';
+import type { CompiledTexts, MessageKey, MessageStructure } from './structure-cache.js';
 
-/** Literals up to this size go out as 'binary' strings in one write; bigger ones stream. */
-const INLINE_LITERAL_MAX = 1024 * 1024;
+/** A FETCH item whose compiled text is cached per message and session mode. */
+type CompiledItem = 'envelope' | 'bodystructure' | 'body';
 
 const SEEN = '\\Seen';
 
@@ -34,16 +41,17 @@ export function createFetchHandler(ctx: HandlerContext): FetchHandler {
 }
 
 /** Which item needs what. */
-function needsOf(query: FetchQueryItem[]): { raw: boolean; structure: boolean } {
+function needsOf(query: FetchQueryItem[]): { raw: boolean; structure: boolean; compiled: CompiledItem[] } {
   let raw = false;
-  let structure = false;
+  const compiled = new Set<CompiledItem>();
   for (const q of query) {
-    if (q.item === 'envelope' || q.item === 'bodystructure' || (q.item === 'body' && q.type === undefined)) structure = true;
+    const item = compiledItemOf(q);
+    if (item) compiled.add(item);
     if (q.item === 'rfc822' || q.item === 'rfc822.header' || q.item === 'rfc822.text' || (q.item === 'body' && q.type !== undefined)) {
       raw = true;
     }
   }
-  return { raw, structure };
+  return { raw, structure: compiled.size > 0, compiled: [...compiled] };
 }
 
 /** Filled cache slots are handed to the store in groups of this many. */
@@ -93,7 +101,7 @@ async function fetchMessages(ctx: HandlerContext, mailboxId: string, options: Fe
   interface Loaded {
     meta: MessageMeta;
     raw: Buffer | null;
-    structure: MessageStructure | null;
+    compiled: CompiledTexts;
   }
   const toPersist: Array<{ uid: number; cache: string }> = [];
   const persist = async (): Promise<void> => {
@@ -104,17 +112,27 @@ async function fetchMessages(ctx: HandlerContext, mailboxId: string, options: Fe
       ctx.logger.warn({ err, mailboxId }, 'imap: could not store message cache slots');
     }
   };
-  const load = async (meta: MessageMeta): Promise<Loaded | null> => {
+  const mode = utf8 ? '1' : '0';
+  /** The message's compiled texts, and whether some of what the query needs is missing. */
+  const compiledOf = (meta: MessageMeta): { key: MessageKey; compiled: CompiledTexts; missing: boolean } => {
     const key: MessageKey = { mailboxId, uid: meta.uid, size: meta.size, internalDate: meta.internalDate };
-    let structure = needs.structure ? cache.getStructure(key) : null;
-    if (needs.structure && !structure && meta.cache !== undefined) {
+    const compiled = needs.compiled.length ? cache.compiledOf(key) : {};
+    let missing = false;
+    for (const item of needs.compiled) if (compiled[item + mode] === undefined) missing = true;
+    return { key, compiled, missing };
+  };
+  const load = async (meta: MessageMeta): Promise<Loaded | null> => {
+    // compiled ENVELOPE/BODYSTRUCTURE/BODY text: when all are cached, the structure is not needed
+    const { key, compiled, missing } = compiledOf(meta);
+    let structure = missing ? cache.getStructure(key) : null;
+    if (missing && !structure && meta.cache !== undefined) {
       const slot = decodeMessageCache(meta.cache);
       if (slot) {
         structure = cache.putStructure(key, slot.structure);
         cache.putHeaders(key, slot.headers);
       }
     }
-    const parse = needs.structure && !structure;
+    const parse = missing && !structure;
     let raw: Buffer | null = null;
     if (needs.raw || parse) {
       raw = await store.readMessage(mailboxId, meta.uid);
@@ -126,38 +144,280 @@ async function fetchMessages(ctx: HandlerContext, mailboxId: string, options: Fe
         if (meta.cache === undefined || !decodeMessageCache(meta.cache)) toPersist.push({ uid: meta.uid, cache: described.cache });
       }
     }
-    return { meta, raw, structure };
+    if (missing) {
+      for (const item of needs.compiled) {
+        if (compiled[item + mode] === undefined) compiled[item + mode] = compileStructureItem(item, structure, session, utf8);
+      }
+    }
+    return { meta, raw, compiled };
   };
 
+  const out = new ResponseBuffer(session);
   try {
-    await writeMessages();
+    if (isMetadataQuery(options.query)) await writeMetadata();
+    else await writeMessages();
+    await out.flush();
   } finally {
     await persist();
   }
 
   async function writeMessages(): Promise<void> {
-    for (const batch of readAheadBatches(metas, needs.raw || needs.structure)) {
+    // the next batch is read while the current one is written
+    const batches = [...readAheadBatches(metas, needs.raw || needs.structure)];
+    const loadBatch = (i: number): Promise<Array<Loaded | null>> | null => {
+      if (i >= batches.length) return null;
+      const p = Promise.all(batches[i].map(load));
+      p.catch(() => undefined); // awaited below unless the socket went away first
+      return p;
+    };
+    let next = loadBatch(0);
+    for (let b = 0; next; b++) {
       if (!isSocketOpen(session)) return;
-      const loaded = await Promise.all(batch.map(load));
+      const loaded = await next;
+      next = loadBatch(b + 1);
       if (toPersist.length >= PERSIST_BATCH) await persist();
       for (const item of loaded) {
         if (!item) continue;
         if (!isSocketOpen(session)) return;
-        const values = buildValues(options.query, item.meta, item.raw, item.structure, session, utf8);
+        const values = buildValues(options.query, item.meta, item.raw);
         const response = session.formatResponse('FETCH', item.meta.uid, { query: respQuery, values });
         if (!response) continue;
-
-        if (!values.some((v) => isStreamLiteral(v))) {
-          if (!session.writeStream.write({ compiled: imapHandler.compiler(response) })) await drained(session);
-        } else {
-          // stream literals are piped straight into the socket: let earlier output reach it first
-          await drained(session);
-          await writeStreamed(session, imapHandler.compileStream(response));
-        }
+        spliceCompiled(response, options.query, item.compiled, mode);
+        await out.add(compileResponse(response));
       }
     }
   }
+
+  /**
+   * Only UID/FLAGS/MODSEQ/INTERNALDATE/RFC822.SIZE/ENVELOPE/BODYSTRUCTURE/BODY: each line is
+   * put together from compiled pieces (labels once per command, flag lists once per distinct
+   * set, the rest cached per message), exactly as formatResponse + the compiler would write it.
+   */
+  async function writeMetadata(): Promise<void> {
+    const selected = session.selected;
+    const uidList = selected ? selected.uidList : [];
+    const seqOf = new Map<number, number>();
+    uidList.forEach((uid, i) => seqOf.set(uid, i + 1));
+    const labels = options.query.map((q) => compileNode(q.original) + ' ');
+    const flagTexts = new Map<string, string>();
+    const flagsText = (flags: string[]): string => {
+      const k = flags.join('\u0000');
+      let text = flagTexts.get(k);
+      if (text === undefined) {
+        text = compileNode(flags.map((value) => ({ type: 'ATOM', value })));
+        flagTexts.set(k, text);
+      }
+      return text;
+    };
+    // messages whose texts are not cached yet are loaded a few at a time (in order)
+    let pending: MessageMeta[] = [];
+    const loadPending = async (): Promise<void> => {
+      if (!pending.length) return;
+      const loaded = await Promise.all(pending.map(load));
+      pending = [];
+      if (toPersist.length >= PERSIST_BATCH) await persist();
+      for (const item of loaded) if (item) await writeLine(item.meta, item.compiled);
+    };
+    for (const meta of metas) {
+      if (!isSocketOpen(session)) return;
+      const entry = compiledOf(meta);
+      if (entry.missing || pending.length) {
+        pending.push(meta);
+        if (pending.length >= READ_AHEAD_COUNT) await loadPending();
+      } else {
+        await writeLine(meta, entry.compiled);
+      }
+    }
+    await loadPending();
+
+    async function writeLine(meta: MessageMeta, compiled: CompiledTexts): Promise<void> {
+      if (!isSocketOpen(session)) return;
+      let seq = seqOf.get(meta.uid);
+      if (seq === undefined || uidList[seq - 1] !== meta.uid) {
+        // the view changed meanwhile
+        const at = uidList.indexOf(meta.uid);
+        if (at < 0) return;
+        seq = at + 1;
+      }
+      let line = `* ${seq} FETCH (`;
+      options.query.forEach((q, i) => {
+        if (i) line += ' ';
+        line += labels[i];
+        switch (q.item) {
+          case 'uid':
+            line += meta.uid;
+            break;
+          case 'rfc822.size':
+            line += meta.size;
+            break;
+          case 'modseq':
+            line += meta.modseq ? `(${meta.modseq})` : '()';
+            break;
+          case 'flags':
+            line += flagsText(meta.flags);
+            break;
+          case 'internaldate':
+            line += compiled.internaldate ??= compileNode({ type: 'ATOM', value: formatInternalDate(meta.internalDate) });
+            break;
+          default:
+            line += compiled[(compiledItemOf(q) ?? '') + mode];
+        }
+      });
+      await out.addText(line + ')');
+    }
+  }
 }
+
+/** The items writeMetadata puts together itself. */
+function isMetadataQuery(query: FetchQueryItem[]): boolean {
+  return query.every(
+    (q) =>
+      q.item === 'uid' ||
+      q.item === 'flags' ||
+      q.item === 'modseq' ||
+      q.item === 'internaldate' ||
+      q.item === 'rfc822.size' ||
+      compiledItemOf(q) !== null,
+  );
+}
+
+/** One node as imap-core's compiler writes it inside a response (no leading separator). */
+function compileNode(node: unknown): string {
+  return imapHandler.compiler({ tag: '', command: '', attributes: [node] });
+}
+
+/** The value of an ENVELOPE/BODYSTRUCTURE/BODY item as imap-core's response model holds it. */
+function structureValue(item: CompiledItem, structure: MessageStructure | null, session: ImapSession, utf8: boolean): FetchValue {
+  const opts = { acceptUTF8Enabled: utf8 };
+  switch (item) {
+    case 'envelope': {
+      // getQueryResponse encodes non-ASCII for non-UTF8 sessions (and mutates: a copy); it
+      // also turns a NIL subject (no Subject field) into "", which Dovecot does not
+      const nilSubject = structure?.envelope[1] === null;
+      const envelope = session.getQueryResponse([{ item: 'envelope' }], { envelope: structure?.envelope ?? [] }, opts)[0];
+      if (nilSubject && Array.isArray(envelope)) envelope[1] = null;
+      return envelope;
+    }
+    case 'bodystructure':
+      return session.getQueryResponse([{ item: 'bodystructure' }], { bodystructure: structure?.bodystructure ?? [] }, opts)[0];
+    case 'body': {
+      // BODY without a section is the non-extensible BODYSTRUCTURE
+      const body = structure ? (structure.body ?? bodyFromStructure(structure.bodystructure)) : [];
+      return session.getQueryResponse([{ item: 'bodystructure' }], { bodystructure: body }, opts)[0];
+    }
+  }
+}
+
+/**
+ * The text imap-core's compiler writes for the item's value inside a FETCH response (a list:
+ * it starts with `(`, so no separator of its own), cached per message and session mode.
+ */
+export function compileStructureItem(item: CompiledItem, structure: MessageStructure | null, session: ImapSession, utf8: boolean): string {
+  const value = structureValue(item, structure, session, utf8);
+  return compileNode(value);
+}
+
+/** Which query item, if any, has its compiled text cached. */
+function compiledItemOf(q: FetchQueryItem): CompiledItem | null {
+  if (q.item === 'envelope' || q.item === 'bodystructure') return q.item;
+  if (q.item === 'body' && q.type === undefined) return 'body';
+  return null;
+}
+
+/**
+ * Puts the cached compiled text of ENVELOPE/BODYSTRUCTURE/BODY in place of their values
+ * (formatResponse lays out `[label, value, label, value, ...]`): a TEXT node is written
+ * verbatim by the compiler, with the same separators as the list it replaces.
+ */
+function spliceCompiled(response: ImapResponse, query: FetchQueryItem[], compiled: CompiledTexts, mode: string): void {
+  const list = response.attributes[1];
+  if (!Array.isArray(list)) return;
+  query.forEach((q, i) => {
+    const item = compiledItemOf(q);
+    const text = item ? compiled[item + mode] : undefined;
+    if (text !== undefined && 2 * i + 1 < list.length) list[2 * i + 1] = { type: 'TEXT', value: text };
+  });
+}
+
+/** A compiled response, its literals' bytes spliced in. */
+function compileResponse(response: ImapResponse): Buffer[] {
+  const literals: Buffer[] = [];
+  collectLiterals(response.attributes, literals);
+  if (!literals.length) return [Buffer.from(imapHandler.compiler(response), 'latin1')];
+  const parts = imapHandler.compiler(response, true);
+  const out: Buffer[] = [];
+  parts.forEach((part, i) => {
+    out.push(Buffer.from(part, 'latin1'));
+    if (i < literals.length) out.push(literals[i]);
+  });
+  return out;
+}
+
+function collectLiterals(nodes: unknown[], out: Buffer[]): void {
+  for (const node of nodes) {
+    if (Array.isArray(node)) collectLiterals(node, out);
+    else if (node && typeof node === 'object' && (node as { type?: unknown }).type === 'LITERAL') {
+      const value = (node as { value?: unknown }).value;
+      if (value instanceof Spliced) out.push(value.bytes);
+      else throw new Error('fetch: unexpected literal value');
+    }
+  }
+}
+
+/** Output is handed to imap-core's response stream in chunks of about this many bytes. */
+const WRITE_CHUNK = 64 * 1024;
+
+/**
+ * Collects compiled FETCH responses and writes them to the session's response stream (an
+ * object-mode transform that appends CRLF to each object) as one Buffer per ~64 KB of whole
+ * responses, waiting for the socket when it is full.
+ */
+class ResponseBuffer {
+  private parts: Buffer[] = [];
+  private bytes = 0;
+  /** Text ('binary') not yet in `parts`. */
+  private text = '';
+
+  constructor(private readonly session: ImapSession) {}
+
+  /** Adds a response given as a 'binary' string. */
+  async addText(response: string): Promise<void> {
+    if (this.bytes || this.text) this.text += '\r\n';
+    this.text += response;
+    if (this.bytes + this.text.length >= WRITE_CHUNK) await this.flush();
+  }
+
+  /** Adds a response given as Buffers. */
+  async add(response: Buffer[]): Promise<void> {
+    if (this.bytes || this.text) this.text += '\r\n';
+    this.takeText();
+    for (const p of response) {
+      this.parts.push(p);
+      this.bytes += p.length;
+    }
+    if (this.bytes >= WRITE_CHUNK) await this.flush();
+  }
+
+  private takeText(): void {
+    if (!this.text) return;
+    const b = Buffer.from(this.text, 'latin1');
+    this.text = '';
+    this.parts.push(b);
+    this.bytes += b.length;
+  }
+
+  async flush(): Promise<void> {
+    this.takeText();
+    if (!this.parts.length) return;
+    const chunk = this.parts.length === 1 ? this.parts[0] : Buffer.concat(this.parts, this.bytes);
+    this.parts = [];
+    this.bytes = 0;
+    if (!isSocketOpen(this.session)) return;
+    if (!this.session.writeStream.write({ compiled: chunk })) await drained(this.session);
+  }
+}
+
+const CRLF = Buffer.from('\r\n');
 
 /** Messages are read this many at a time, up to READ_AHEAD_BYTES together. */
 const READ_AHEAD_COUNT = 16;
@@ -182,27 +442,6 @@ function* readAheadBatches(metas: MessageMeta[], reading: boolean): Generator<Me
   if (batch.length) yield batch;
 }
 
-function isStreamLiteral(v: FetchValue): v is StreamLiteral {
-  return typeof v === 'object' && v !== null && !Array.isArray(v) && !Buffer.isBuffer(v) && !(v instanceof Date) && v.type === 'stream';
-}
-
-/**
- * Writes a streamed response and waits until imap-core has sent all of it, or until the
- * socket is gone (then the stream never ends and the write callback never comes).
- */
-function writeStreamed(session: ImapSession, stream: NodeJS.ReadableStream): Promise<void> {
-  return new Promise((resolve, reject) => {
-    const socket = session.socket;
-    const onClose = (): void => resolve();
-    socket.once('close', onClose);
-    session.writeStream.write(stream, (err?: Error | null) => {
-      socket.off('close', onClose);
-      if (err) reject(err);
-      else resolve();
-    });
-  });
-}
-
 /** Resolves on `event`, on socket close, or after `ms`, whichever comes first; leaves no listeners. */
 function waitFor(emitter: NodeJS.EventEmitter, event: string, session: ImapSession, ms: number): Promise<void> {
   return new Promise((resolve) => {
@@ -220,31 +459,21 @@ function waitFor(emitter: NodeJS.EventEmitter, event: string, session: ImapSessi
 }
 
 /**
- * Waits until the response stream has room and has handed everything it buffered to the
- * socket (or the socket is gone). Applies backpressure to big FETCHes, and keeps stream
- * literals (which imap-core pipes straight into the socket) behind earlier output.
+ * Waits until the response stream has room again (or the socket is gone): it only takes
+ * more when the socket does, so this applies the socket's backpressure to big FETCHes.
  */
 async function drained(session: ImapSession): Promise<void> {
   const ws = session.writeStream;
-  const socket = session.socket;
-  while (isSocketOpen(session) && (ws.writableNeedDrain || ws.readableLength > 0 || socket.writableNeedDrain)) {
-    if (socket.writableNeedDrain) await waitFor(socket, 'drain', session, 1000);
-    else if (ws.writableNeedDrain) await waitFor(ws, 'drain', session, 1000);
-    else await new Promise((r) => setTimeout(r, 2));
-  }
+  while (isSocketOpen(session) && ws.writableNeedDrain) await waitFor(ws, 'drain', session, 1000);
 }
 
 function buildValues(
   query: FetchQueryItem[],
   meta: MessageMeta,
   raw: Buffer | null,
-  structure: MessageStructure | null,
-  session: ImapSession,
-  utf8: boolean,
 ): FetchValue[] {
   let tree: MimePart | null = null;
   const mime = (): MimePart => (tree ??= parseMime(raw ?? Buffer.alloc(0)));
-  const opts = { acceptUTF8Enabled: utf8 };
 
   return query.map((q): FetchValue => {
     switch (q.item) {
@@ -258,16 +487,10 @@ function buildValues(
         return meta.internalDate;
       case 'rfc822.size':
         return meta.size;
-      case 'envelope': {
-        // getQueryResponse encodes non-ASCII for non-UTF8 sessions (and mutates: a copy); it
-        // also turns a NIL subject (no Subject field) into "", which Dovecot does not
-        const nilSubject = structure?.envelope[1] === null;
-        const envelope = session.getQueryResponse([{ item: 'envelope' }], { envelope: structure?.envelope ?? [] }, opts)[0];
-        if (nilSubject && Array.isArray(envelope)) envelope[1] = null;
-        return envelope;
-      }
+      case 'envelope':
       case 'bodystructure':
-        return session.getQueryResponse([{ item: 'bodystructure' }], { bodystructure: structure?.bodystructure ?? [] }, opts)[0];
+        // replaced by the cached compiled text (spliceCompiled)
+        return [];
       case 'rfc822':
         return literal(raw ?? Buffer.alloc(0));
       case 'rfc822.header':
@@ -275,12 +498,11 @@ function buildValues(
       case 'rfc822.text':
         return literal(extractSection(raw ?? Buffer.alloc(0), mime(), { path: '', type: 'text' }));
       case 'body': {
-        if (q.type === undefined) {
-          // BODY without a section is the non-extensible BODYSTRUCTURE
-          const body = structure ? (structure.body ?? bodyFromStructure(structure.bodystructure)) : [];
-          return session.getQueryResponse([{ item: 'bodystructure' }], { bodystructure: body }, opts)[0];
-        }
-        const bytes = raw ? extractSection(raw, mime(), { path: q.path ?? '', type: q.type, headers: q.headers }) : Buffer.alloc(0);
+        // BODY without a section is replaced by the cached compiled text (spliceCompiled)
+        if (q.type === undefined) return [];
+        // BODY[] is the whole message: no need to parse it
+        const whole = !q.path && (q.type === 'content' || q.type === '');
+        const bytes = !raw ? Buffer.alloc(0) : whole ? raw : extractSection(raw, mime(), { path: q.path ?? '', type: q.type, headers: q.headers });
         return literal(applyPartial(bytes, q));
       }
       default:
@@ -299,13 +521,17 @@ function applyPartial(bytes: Buffer, q: FetchQueryItem): Buffer {
   return bytes.subarray(start, start + length);
 }
 
-/**
- * A literal value imap-core writes with the right `{n}`: a 'binary' string (its length is
- * the byte count; a Buffer's would be miscounted for non-ASCII), or a stream for big bodies.
- */
+/** A literal whose bytes are spliced into the compiled response (compileResponse). */
+class Spliced implements SplicedLiteral {
+  constructor(readonly bytes: Buffer) {}
+  get length(): number {
+    return this.bytes.length;
+  }
+  toString(): string {
+    return '';
+  }
+}
+
 function literal(bytes: Buffer): FetchValue {
-  if (bytes.length <= INLINE_LITERAL_MAX) return bytes.toString('latin1');
-  const stream = new PassThrough();
-  stream.end(bytes);
-  return { type: 'stream', value: stream, expectedLength: bytes.length };
+  return new Spliced(bytes);
 }

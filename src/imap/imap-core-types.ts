@@ -45,8 +45,18 @@ export interface StreamLiteral {
   expectedLength: number;
 }
 
+/**
+ * A literal value that compiles to `{length}` + CRLF and no text of its own (its toString
+ * is empty): the bytes are spliced in after compiling (fetch.ts), without a string copy.
+ */
+export interface SplicedLiteral {
+  readonly length: number;
+  readonly bytes: Buffer;
+  toString(): string;
+}
+
 /** One value of a FETCH response, index-aligned with the query items. */
-export type FetchValue = number | string | Buffer | Date | string[] | StructValue[] | StreamLiteral;
+export type FetchValue = number | string | Buffer | Date | string[] | StructValue[] | StreamLiteral | SplicedLiteral;
 
 /** A parsed FETCH attribute as the client sent it (used verbatim in the response). */
 export interface FetchAttribute {
@@ -385,6 +395,8 @@ export interface ImapHandlerModule {
   /** The command-line parser imap-core's dispatcher calls (replaceable: see search-command.ts). */
   parser(payload: string, options?: { literals?: Buffer[] }): unknown;
   compiler(response: ImapResponse, asArray?: false, isLogging?: boolean): string;
+  /** The response split after each literal's `{n}` + CRLF (the literals' own text begins the next part). */
+  compiler(response: ImapResponse, asArray: true, isLogging?: boolean): string[];
   compileStream(response: ImapResponse): Readable;
 }
 

@@ -47,6 +47,7 @@ const core = require('@zone-eu/wildduck/imap-core/index.js') as ImapCoreModule;
 const connectionModule = require('@zone-eu/wildduck/imap-core/lib/imap-connection.js') as ImapConnectionModule;
 const IndexerCtor = require('@zone-eu/wildduck/imap-core/lib/indexer/indexer.js') as IndexerClass;
 const errorsModule = require('@zone-eu/wildduck/lib/errors.js') as ErrorsModule;
+const imapTools = require('@zone-eu/wildduck/imap-core/lib/imap-tools.js') as { formatInternalDate(date: Date): string };
 
 /** The imap-core command modules onionpost replaces or wraps (see search-command.ts, commands.ts). */
 export type ImapCoreCommandName =
@@ -77,6 +78,8 @@ const wildduckRequire = createRequire(require.resolve('@zone-eu/wildduck/package
 export const IMAPServer = core.IMAPServer;
 export const IMAPConnection = connectionModule.IMAPConnection;
 export const imapHandler: ImapHandlerModule = core.imapHandler;
+/** INTERNALDATE text as formatResponse writes it (before quoting). */
+export const formatInternalDate = (date: Date): string => imapTools.formatInternalDate(date);
 export const libmime = wildduckRequire('libmime') as Libmime;
 export const iconv = wildduckRequire('iconv-lite') as IconvLite;
 

@@ -38,7 +38,7 @@ type Prepared =
   | { kind: 'none' }
   | { kind: 'flag'; flag: string; exists: boolean }
   | { kind: 'header'; header: string; needle: string }
-  | { kind: 'body' | 'text'; needle: string }
+  | { kind: 'body' | 'text'; needle: string; match: (text: string) => boolean }
   | { kind: 'idate-day' | 'sent-day'; operator: string; day: number }
   | { kind: 'idate-time'; operator: string; time: number }
   | { kind: 'size'; operator: string; size: number }
@@ -78,6 +78,28 @@ export function normalizeText(s: string): string {
   return s.normalize('NFC').toLowerCase().replace(/\s+/g, ' ');
 }
 
+const NON_ASCII = /[^\x00-\x7f]/;
+
+function escapeRegExp(s: string): string {
+  return s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+}
+
+/**
+ * Whether normalizeText(text) contains `needle` (normalised), without building the
+ * normalised copy of a (long) text: the needle's words hold no whitespace, so they are found
+ * in the collapsed text exactly where, in the NFC lower-cased text, they are separated by
+ * whitespace runs; and NFC changes nothing in ASCII text.
+ */
+export function textMatcher(needle: string): (text: string) => boolean {
+  if (!needle) return () => true;
+  const words = needle.split(' ');
+  const re = words.length > 1 ? new RegExp(words.map(escapeRegExp).join('\\s+')) : null;
+  return (text) => {
+    const lower = (NON_ASCII.test(text) ? text.normalize('NFC') : text).toLowerCase();
+    return re ? re.test(lower) : lower.includes(needle);
+  };
+}
+
 function prepare(expressions: SearchExpression[], charset: string | null): Prepared {
   const one = (e: SearchExpression): Prepared => {
     if (Array.isArray(e)) return { kind: 'and', terms: e.map(one) };
@@ -96,8 +118,10 @@ function prepareTerm(t: SearchTerm, charset: string | null, one: (e: SearchExpre
     case 'header':
       return { kind: 'header', header: t.header.toLowerCase(), needle: normalizeText(decodeSearchString(t.value, charset)).trim() };
     case 'body':
-    case 'text':
-      return { kind: t.key, needle: normalizeText(decodeSearchString(t.value, charset)).trim() };
+    case 'text': {
+      const needle = normalizeText(decodeSearchString(t.value, charset)).trim();
+      return { kind: t.key, needle, match: textMatcher(needle) };
+    }
     case 'internaldate':
     case 'date': {
       if (t.value instanceof Date) return { kind: 'idate-time', operator: t.operator, time: t.value.getTime() };
@@ -199,10 +223,11 @@ class Doc {
     return full ? (headerValues(full, name) ?? []) : [];
   }
 
+  /** Decoded body text, not normalised (see textMatcher). */
   async bodyText(): Promise<string> {
     if (this.body !== null) return this.body;
     const m = await this.mime();
-    this.body = m ? normalizeText(bodyText(m.raw, m.tree)) : '';
+    this.body = m ? bodyText(m.raw, m.tree) : '';
     return this.body;
   }
 
@@ -214,7 +239,7 @@ class Doc {
     const headerText = (h: HeaderIndex): string => h.fields.map(([name, value]) => `${name}: ${value}`).join('\n');
     const own = await this.fullHeaders();
     const body = bodyText(m.raw, m.tree, (message) => headerText(buildHeaderIndex(m.raw, message)));
-    this.text = normalizeText((own ? headerText(own) : '') + '\n' + body);
+    this.text = (own ? headerText(own) : '') + '\n' + body;
     return this.text;
   }
 }
@@ -266,9 +291,9 @@ async function matches(p: Prepared, doc: Doc): Promise<boolean> {
       return false;
     }
     case 'body':
-      return !p.needle || (await doc.bodyText()).includes(p.needle);
+      return !p.needle || p.match(await doc.bodyText());
     case 'text':
-      return !p.needle || (await doc.fullText()).includes(p.needle);
+      return !p.needle || p.match(await doc.fullText());
     case 'and': {
       for (const t of [...p.terms].sort((a, b) => cost(a) - cost(b))) {
         if (!(await matches(t, doc))) return false;
@@ -299,11 +324,24 @@ async function search(
   const metas = await ctx.store.getMessages(mailboxId, universe, { cache: usesHeaders(query) });
   const found: number[] = [];
   let highestModseq = 0;
-  // a few messages are evaluated concurrently so that their file reads overlap
-  for (const batch of batches(metas)) {
-    const results = await Promise.all(
-      batch.map((meta) => matches(query, new Doc(ctx, meta, { mailboxId, uid: meta.uid, size: meta.size, internalDate: meta.internalDate }))),
+  // a few messages are evaluated concurrently so that their file reads overlap, and the next
+  // few are already under way while the current ones finish
+  const list = [...batches(metas)];
+  const evaluate = (b: number): Promise<boolean[]> | null => {
+    if (b >= list.length) return null;
+    const p = Promise.all(
+      list[b].map((meta) => matches(query, new Doc(ctx, meta, { mailboxId, uid: meta.uid, size: meta.size, internalDate: meta.internalDate }))),
     );
+    p.catch(() => undefined); // awaited below
+    return p;
+  };
+  let current = evaluate(0);
+  let next = evaluate(1);
+  for (let b = 0; current; b++) {
+    const results = await current;
+    current = next;
+    next = evaluate(b + 2);
+    const batch = list[b];
     results.forEach((hit, i) => {
       if (!hit) return;
       found.push(batch[i].uid);

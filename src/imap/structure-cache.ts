@@ -53,13 +53,33 @@ function keyOf(k: MessageKey): string {
   return `${k.mailboxId}\u0000${k.uid}\u0000${k.size}\u0000${k.internalDate.getTime()}`;
 }
 
+/**
+ * Compiled response texts of one message ('binary' strings as imap-core's compiler writes
+ * them, e.g. `("Mon, 1 Jan ..." ...)`), by name: ENVELOPE, BODYSTRUCTURE and BODY per session
+ * mode (non-UTF8 sessions get encoded words), INTERNALDATE. Filled by fetch.ts.
+ */
+export type CompiledTexts = Record<string, string>;
+
 export class StructureCache {
   private readonly structures: Lru<string, MessageStructure>;
   private readonly headers: Lru<string, HeaderIndex>;
+  private readonly compiled: Lru<string, CompiledTexts>;
 
   constructor(maxEntries = 20000) {
     this.structures = new Lru(maxEntries);
     this.headers = new Lru(maxEntries);
+    this.compiled = new Lru(maxEntries);
+  }
+
+  /** The message's compiled texts (an empty record, now cached, at first): add to it freely. */
+  compiledOf(key: MessageKey): CompiledTexts {
+    const k = keyOf(key);
+    let texts = this.compiled.get(k);
+    if (!texts) {
+      texts = {};
+      this.compiled.set(k, texts);
+    }
+    return texts;
   }
 
   /** A private copy (getQueryResponse mutates what it is given). */
@@ -95,6 +115,7 @@ export class StructureCache {
   clear(): void {
     this.structures.clear();
     this.headers.clear();
+    this.compiled.clear();
   }
 }
 
