@@ -14,6 +14,7 @@
  * next few messages are read while the current ones are written. Byte-identity with
  * imap-core's own output is tested in test/imap-fetch-output.test.ts.
  */
+import { READ_BATCH_COUNT, readBatches } from './read-batches.js';
 import type { MessageMeta } from '../store/types.js';
 import type { FetchOptions, FetchQueryItem, FetchValue, ImapHandlers, ImapResponse, ImapSession, SplicedLiteral } from './imap-core-types.js';
 import { formatInternalDate, imapHandler } from './imap-core.js';
@@ -163,7 +164,7 @@ async function fetchMessages(ctx: HandlerContext, mailboxId: string, options: Fe
 
   async function writeMessages(): Promise<void> {
     // the next batch is read while the current one is written
-    const batches = [...readAheadBatches(metas, needs.raw || needs.structure)];
+    const batches = needs.raw || needs.structure ? [...readBatches(metas)] : [metas];
     const loadBatch = (i: number): Promise<Array<Loaded | null>> | null => {
       if (i >= batches.length) return null;
       const p = Promise.all(batches[i].map(load));
@@ -223,7 +224,7 @@ async function fetchMessages(ctx: HandlerContext, mailboxId: string, options: Fe
       const entry = compiledOf(meta);
       if (entry.missing || pending.length) {
         pending.push(meta);
-        if (pending.length >= READ_AHEAD_COUNT) await loadPending();
+        if (pending.length >= READ_BATCH_COUNT) await loadPending();
       } else {
         await writeLine(meta, entry.compiled);
       }
@@ -418,29 +419,6 @@ class ResponseBuffer {
 }
 
 const CRLF = Buffer.from('\r\n');
-
-/** Messages are read this many at a time, up to READ_AHEAD_BYTES together. */
-const READ_AHEAD_COUNT = 16;
-const READ_AHEAD_BYTES = 4 * 1024 * 1024;
-
-function* readAheadBatches(metas: MessageMeta[], reading: boolean): Generator<MessageMeta[]> {
-  if (!reading) {
-    yield metas;
-    return;
-  }
-  let batch: MessageMeta[] = [];
-  let bytes = 0;
-  for (const meta of metas) {
-    if (batch.length && (batch.length >= READ_AHEAD_COUNT || bytes + meta.size > READ_AHEAD_BYTES)) {
-      yield batch;
-      batch = [];
-      bytes = 0;
-    }
-    batch.push(meta);
-    bytes += meta.size;
-  }
-  if (batch.length) yield batch;
-}
 
 /** Resolves on `event`, on socket close, or after `ms`, whichever comes first; leaves no listeners. */
 function waitFor(emitter: NodeJS.EventEmitter, event: string, session: ImapSession, ms: number): Promise<void> {

@@ -6,6 +6,7 @@
  * from the message; BODY/TEXT match decoded content (base64/quoted-printable, charsets,
  * HTML text). Matching is case-insensitive substring matching with whitespace runs collapsed.
  */
+import { readBatches } from './read-batches.js';
 import type { MessageMeta } from '../store/types.js';
 import type { ImapHandlers, ImapSession, SearchExpression, SearchTerm } from './imap-core-types.js';
 import { iconv } from './imap-core.js';
@@ -326,7 +327,7 @@ async function search(
   let highestModseq = 0;
   // a few messages are evaluated concurrently so that their file reads overlap, and the next
   // few are already under way while the current ones finish
-  const list = [...batches(metas)];
+  const list = [...readBatches(metas)];
   const evaluate = (b: number): Promise<boolean[]> | null => {
     if (b >= list.length) return null;
     const p = Promise.all(
@@ -367,20 +368,3 @@ function usesHeaders(p: Prepared): boolean {
   }
 }
 
-const BATCH_COUNT = 16;
-const BATCH_BYTES = 4 * 1024 * 1024;
-
-function* batches(metas: MessageMeta[]): Generator<MessageMeta[]> {
-  let batch: MessageMeta[] = [];
-  let bytes = 0;
-  for (const meta of metas) {
-    if (batch.length && (batch.length >= BATCH_COUNT || bytes + meta.size > BATCH_BYTES)) {
-      yield batch;
-      batch = [];
-      bytes = 0;
-    }
-    batch.push(meta);
-    bytes += meta.size;
-  }
-  if (batch.length) yield batch;
-}

@@ -21,12 +21,12 @@
  *   queue entry is written for the remote recipients (dispatch.ts). 250 only after all of
  *   that is on disk.
  */
-import type { SMTPServerAddress, SMTPServerDataStream, SMTPServerEnvelope, SMTPServerSession } from 'smtp-server';
+import type { SMTPServerAddress, SMTPServerEnvelope, SMTPServerSession } from 'smtp-server';
 import { newQueueId } from '../delivery/queue.js';
 import type { Logger } from '../log/logger.js';
 import type { MailStore } from '../store/types.js';
 import { createDispatcher, type MessageQueue } from './dispatch.js';
-import { collectMessage } from './message.js';
+import { dataHandler } from './message.js';
 import { OnionSmtpServer, smtpError, smtpListener, type SmtpListener } from './onion-smtp-server.js';
 import type { RelayPolicy } from './policy.js';
 import { buildReceivedHeader, receivedProtocol } from './received-header.js';
@@ -177,17 +177,7 @@ export function createInboundSmtpServer(options: InboundSmtpOptions): InboundSmt
     return `2.0.0 Ok: queued as ${id}`;
   }
 
-  function onData(stream: SMTPServerDataStream, session: SMTPServerSession, callback: (err?: Error | null, message?: string) => void): void {
-    collectMessage(stream, maxMessageSize)
-      .then(({ chunks, size }) => deliver(session, chunks, size))
-      .then(
-        (reply) => callback(null, reply),
-        (err: Error & { reason?: string; size?: number }) => {
-          if (err.reason) log.info({ cid: session.id, size: err.size }, `message rejected: ${err.reason === 'size' ? 'too big' : 'NUL bytes'}`);
-          callback(err);
-        },
-      );
-  }
+  const onData = dataHandler(maxMessageSize, deliver, log);
 
   const server = new OnionSmtpServer({
     name: primary,

@@ -3,7 +3,8 @@
  * checks, and reading/adding header fields without touching the rest of the bytes.
  */
 import { randomBytes } from 'node:crypto';
-import type { SMTPServerDataStream } from 'smtp-server';
+import type { SMTPServerDataStream, SMTPServerSession } from 'smtp-server';
+import type { Logger } from '../log/logger.js';
 import { smtpError } from './onion-smtp-server.js';
 
 export interface CollectedMessage {
@@ -46,6 +47,28 @@ export function collectMessage(stream: SMTPServerDataStream, maxMessageSize: num
       resolve({ chunks, size });
     });
   });
+}
+
+/**
+ * smtp-server's onData for a listener: collects the message (collectMessage), hands it to
+ * `deliver`, and answers with deliver's reply text, or with the rejection (logged).
+ */
+export function dataHandler(
+  maxMessageSize: number,
+  deliver: (session: SMTPServerSession, chunks: Buffer[], size: number) => Promise<string>,
+  log: Logger,
+): (stream: SMTPServerDataStream, session: SMTPServerSession, callback: (err?: Error | null, message?: string) => void) => void {
+  return (stream, session, callback) => {
+    collectMessage(stream, maxMessageSize)
+      .then(({ chunks, size }) => deliver(session, chunks, size))
+      .then(
+        (reply) => callback(null, reply),
+        (err: Error & { reason?: string; size?: number }) => {
+          if (err.reason) log.info({ cid: session.id, size: err.size }, `message rejected: ${err.reason === 'size' ? 'too big' : 'NUL bytes'}`);
+          callback(err);
+        },
+      );
+  };
 }
 
 export interface HeaderField {

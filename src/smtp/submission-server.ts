@@ -30,14 +30,14 @@
  *   user's machine name; no IP, no user name) and the same durable path as port 25: 250 only
  *   after every local copy and the queue entry are fsync'd.
  */
-import type { SMTPServerAddress, SMTPServerAuthentication, SMTPServerAuthenticationResponse, SMTPServerDataStream, SMTPServerSession } from 'smtp-server';
+import type { SMTPServerAddress, SMTPServerAuthentication, SMTPServerAuthenticationResponse, SMTPServerSession } from 'smtp-server';
 import { newQueueId } from '../delivery/queue.js';
 import type { Logger } from '../log/logger.js';
 import type { MailStore } from '../store/types.js';
 import { parseAddressList } from './address-header.js';
 import { AuthThrottle } from './auth-throttle.js';
 import { createDispatcher, type MessageQueue } from './dispatch.js';
-import { collectMessage, fieldsNamed, newMessageId, parseHeader } from './message.js';
+import { dataHandler, fieldsNamed, newMessageId, parseHeader } from './message.js';
 import { OnionSmtpServer, smtpError, smtpListener, type SmtpListener } from './onion-smtp-server.js';
 import type { RelayPolicy } from './policy.js';
 import { buildReceivedHeader, receivedProtocol, rfc5322Date } from './received-header.js';
@@ -246,14 +246,7 @@ export function createSubmissionServer(options: SubmissionOptions): SubmissionSe
     return `2.0.0 Ok: queued as ${id}`;
   }
 
-  function onData(stream: SMTPServerDataStream, session: SMTPServerSession, callback: (err?: Error | null, message?: string) => void): void {
-    collectMessage(stream, maxMessageSize)
-      .then(({ chunks, size }) => deliver(session, chunks, size))
-      .then(
-        (reply) => callback(null, reply),
-        (err: Error) => callback(err),
-      );
-  }
+  const onData = dataHandler(maxMessageSize, deliver, log);
 
   const server = new OnionSmtpServer(
     {
