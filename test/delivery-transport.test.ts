@@ -3,26 +3,9 @@ import net from 'node:net';
 import { after, before, describe, it } from 'node:test';
 import { isolationCredentials, openTorConnection, TorConnectError } from '../src/delivery/transport.js';
 import { isValidV3OnionAddress, randomOnionAddress } from '../src/tor/onion-address.js';
+import { readUntil } from './helpers/read-until.js';
 import { startSocksServer, type TestSocksServer } from './helpers/socks5-server.js';
 
-/** Reads from `sock` until `pattern` shows up. */
-function readUntil(sock: net.Socket, pattern: RegExp, timeoutMs = 5000): Promise<string> {
-  return new Promise((resolve, reject) => {
-    let text = '';
-    const timer = setTimeout(() => reject(new Error(`timeout waiting for ${pattern}; got ${JSON.stringify(text)}`)), timeoutMs);
-    const onData = (d: Buffer): void => {
-      text += d.toString('latin1');
-      if (pattern.test(text)) {
-        clearTimeout(timer);
-        sock.off('data', onData);
-        resolve(text);
-      }
-    };
-    sock.on('data', onData);
-    sock.resume(); // openTorConnection hands sockets over paused
-    sock.once('error', reject);
-  });
-}
 
 async function expectTorError(p: Promise<unknown>): Promise<TorConnectError> {
   try {

@@ -18,6 +18,7 @@ import { randomOnionAddress } from '../src/tor/onion-address.js';
 import { startDnsServer, type TestDnsServer } from './helpers/dns-server.js';
 import { freePort } from './helpers/ports.js';
 import { connectTorControl } from './helpers/tor-control.js';
+import { readUntil } from './helpers/read-until.js';
 
 /** Greets with a 220 line, then echoes each line back prefixed with "250 ". */
 async function startLineServer(): Promise<{ port: number; connections: () => number; close(): Promise<void> }> {
@@ -53,26 +54,6 @@ async function startLineServer(): Promise<{ port: number; connections: () => num
   };
 }
 
-function readUntil(sock: net.Socket, pattern: RegExp, timeoutMs = 30_000): Promise<string> {
-  return new Promise((resolve, reject) => {
-    let text = '';
-    const timer = setTimeout(() => reject(new Error(`timeout waiting for ${pattern}; got ${JSON.stringify(text)}`)), timeoutMs);
-    const onData = (d: Buffer): void => {
-      text += d.toString('latin1');
-      if (pattern.test(text)) {
-        clearTimeout(timer);
-        sock.off('data', onData);
-        resolve(text);
-      }
-    };
-    sock.on('data', onData);
-    sock.resume(); // openTorConnection hands sockets over paused
-    sock.once('error', (err) => {
-      clearTimeout(timer);
-      reject(err);
-    });
-  });
-}
 
 async function expectTorError(p: Promise<unknown>): Promise<TorConnectError> {
   try {
@@ -154,11 +135,11 @@ describe('private Tor network: transport and resolver through real tor', { timeo
       const t0 = performance.now();
       // A fresh isolation key per connection forces a fresh rendezvous circuit.
       const sock = await openTorConnection({ socks: socks(), host: tor!.onions.mx!, port: 25, isolationKey: `fresh-${i}`, timeoutMs: 60_000 });
-      const greeting = readUntil(sock, /\r\n/);
+      const greeting = readUntil(sock, /\r\n/, 30_000);
       latencies.push(performance.now() - t0);
       assert.match(await greeting, /^220 onion-mx\.test ESMTP ready/);
       sock.write(`EHLO client-${i}.onion\r\n`);
-      assert.match(await readUntil(sock, /\r\n/), new RegExp(`^250 EHLO client-${i}\\.onion`));
+      assert.match(await readUntil(sock, /\r\n/, 30_000), new RegExp(`^250 EHLO client-${i}\\.onion`));
       sock.destroy();
     }
     process.stderr.write(`fresh onion connects (SOCKS CONNECT done): ${latencies.map((l) => l.toFixed(0)).join(', ')} ms; median ${median(latencies).toFixed(0)} ms\n`);
@@ -253,7 +234,7 @@ describe('private Tor network: transport and resolver through real tor', { timeo
     const before = exitDns.queries.length;
     const sock = await openTorConnection({ socks: socks(), host: 'mail.example.test', port: mx.port, isolationKey: 'example.test', timeoutMs: 60_000 });
     try {
-      assert.match(await readUntil(sock, /\r\n/), /^220 onion-mx\.test/);
+      assert.match(await readUntil(sock, /\r\n/, 30_000), /^220 onion-mx\.test/);
     } finally {
       sock.destroy();
     }
