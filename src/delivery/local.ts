@@ -44,11 +44,11 @@ export function createLocalDelivery(options: LocalDeliveryOptions): LocalDeliver
   async function append(user: string, raw: Buffer): Promise<void> {
     if (options.prepareRecipient) await options.prepareRecipient(user);
     try {
-      await store.append(user, 'INBOX', raw);
+      await store.deliver(user, raw);
     } catch (err) {
       if (code(err) !== 'TRYCREATE') throw err;
       await store.ensureUser(user);
-      await store.append(user, 'INBOX', raw);
+      await store.deliver(user, raw);
     }
   }
 

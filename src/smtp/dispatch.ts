@@ -53,12 +53,12 @@ export function createDispatcher(options: DispatcherOptions): Dispatcher {
   async function appendToInbox(user: string, raw: Buffer): Promise<void> {
     if (options.prepareRecipient) await options.prepareRecipient(user);
     try {
-      await store.append(user, 'INBOX', raw);
+      await store.deliver(user, raw);
     } catch (err) {
       if (!hasCode(err, 'TRYCREATE')) throw err;
       // First mail for a user whose mail storage does not exist yet.
       await store.ensureUser(user);
-      await store.append(user, 'INBOX', raw);
+      await store.deliver(user, raw);
     }
   }
 

@@ -172,6 +172,16 @@ export interface MailStore extends EventEmitter {
    */
   append(user: string, path: string, raw: Buffer, options?: AppendOptions): Promise<AppendResult>;
 
+  /**
+   * Mail delivery (SMTP, the local queue): durably stores a message in the user's INBOX the
+   * way any delivery agent drops into a mailbox (for Maildir: written to tmp/, fsync'd,
+   * renamed into new/, directory fsync'd) and resolves once it is on disk. No UID is
+   * assigned here: the message gets one at the store's next look at the mailbox, which the
+   * store starts at once when somebody watches the mailbox (IDLE). Throws StoreError
+   * TRYCREATE when the user's mail storage does not exist, OVERQUOTA when it is full.
+   */
+  deliver(user: string, raw: Buffer): Promise<void>;
+
   /** Metadata for the given UIDs that exist, ascending by UID. */
   getMessages(mailboxId: string, uids: number[], options?: GetMessagesOptions): Promise<MessageMeta[]>;
 

@@ -414,6 +414,10 @@ export class MaildirStore extends EventEmitter implements MailStore {
     });
   }
 
+  async deliver(user: string, raw: Buffer): Promise<void> {
+    await this.append(user, 'INBOX', raw);
+  }
+
   async getMessages(mailboxId: string, uids: number[], options: GetMessagesOptions = {}): Promise<MessageMeta[]> {
     return this.guard(async () => (await this.folderById(mailboxId)).getMessages(uids, options.cache === true));
   }
