@@ -246,6 +246,32 @@ export function runStoreConformance(name: string, makeStore: () => Promise<Store
         assert.ok(metas[0].modseq >= 1 && metas[0].modseq <= snap.highestModseq);
       });
 
+      it('deliver stores into INBOX; the next look gives it a UID, unseen, after earlier mail', async () => {
+        const first = await store.append(USER, 'INBOX', message('appended'));
+        const raw = message('delivered');
+        const lf = Buffer.from('Subject: delivered lf\n\nx\n');
+        await Promise.all([store.deliver(USER, raw), store.deliver(USER, lf)]);
+        const snap = await open('INBOX');
+        assert.equal(snap.uids.length, 3);
+        assert.equal(snap.uids[0], first.uid);
+        const metas = await store.getMessages(snap.id, snap.uids);
+        const bodies = await Promise.all(snap.uids.slice(1).map((uid) => store.readMessage(snap.id, uid)));
+        assert.deepEqual(
+          bodies.map((b) => b?.toString()).sort(),
+          [raw.toString(), 'Subject: delivered lf\r\n\r\nx\r\n'].sort(),
+        );
+        for (const m of metas.slice(1)) {
+          assert.deepEqual(m.flags, []);
+          assert.ok(Math.abs(m.internalDate.getTime() - Date.now()) < 60_000);
+        }
+        assert.equal((await store.mailboxStatus(USER, 'INBOX'))?.unseen, 3);
+        assert.ok(snap.uidNext > Math.max(...snap.uids));
+      });
+
+      it('deliver to a user without mail storage is TRYCREATE', async () => {
+        await assert.rejects(store.deliver('nobody-here', message('x')), isStoreError('TRYCREATE'));
+      });
+
       it('append to a missing mailbox is TRYCREATE', async () => {
         await assert.rejects(store.append(USER, 'Missing', message('x')), isStoreError('TRYCREATE'));
       });

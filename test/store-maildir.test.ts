@@ -1182,6 +1182,117 @@ describe('quota', () => {
   });
 });
 
+describe('deliver (delivery agent drop into new/)', () => {
+  it('drops into new/ without touching dovecot-uidlist; the next look gives the UID and moves it to cur/', async () => {
+    await withMaildir(async ({ root, store, events }) => {
+      const first = await store.append(USER, 'INBOX', message('first'));
+      const uidlist = await readFile(join(root, 'dovecot-uidlist'), 'utf8');
+      events.length = 0;
+      await store.deliver(USER, message('dropped'));
+      const dropped = files(join(root, 'new'));
+      assert.equal(dropped.length, 1);
+      assert.match(dropped[0], /^\d+\.M\d+P\d+\.onionpost,S=\d+,W=\d+$/);
+      assert.deepEqual(files(join(root, 'tmp')), []);
+      assert.equal(await readFile(join(root, 'dovecot-uidlist'), 'utf8'), uidlist);
+      assert.equal(events.length, 0, 'nobody watches: nothing announced yet');
+      const snap = await store.openMailbox(USER, 'INBOX');
+      assert.deepEqual(snap?.uids, [first.uid, first.uid + 1]);
+      assert.deepEqual(files(join(root, 'new')), []);
+      assert.ok(files(join(root, 'cur')).includes(`${dropped[0]}:2,`));
+      assert.match(await readFile(join(root, 'dovecot-uidlist'), 'utf8'), new RegExp(`^${first.uid + 1} .*:${dropped[0].replace(/[.,=]/g, '\\$&')}$`, 'm'));
+    });
+  });
+
+  it('a watched mailbox announces the delivery without any other call', async () => {
+    await withMaildir(async ({ store, events }) => {
+      const snap = await store.openMailbox(USER, 'INBOX');
+      assert.ok(snap);
+      const stop = store.watchMailbox(snap.id);
+      try {
+        await settle();
+        events.length = 0;
+        await Promise.all([store.deliver(USER, message('one')), store.deliver(USER, message('two'))]);
+        const t0 = Date.now();
+        while ((await store.changesSince(snap.id, snap.highestModseq)).length < 2 && Date.now() - t0 < 2000) await new Promise((r) => setTimeout(r, 2));
+        assert.ok(events.some((e) => e.mailboxId === snap.id), 'announced');
+        assert.deepEqual(
+          (await store.changesSince(snap.id, snap.highestModseq)).map((c) => c.command),
+          ['EXISTS', 'EXISTS'],
+        );
+      } finally {
+        stop();
+      }
+    });
+  });
+
+  it('an unwatched mailbox is scanned in the background once deliveries pile up', async () => {
+    await withMaildir(
+      async ({ root, store, events }) => {
+        await store.openMailbox(USER, 'INBOX');
+        events.length = 0;
+        for (let i = 0; i < 4; i++) await store.deliver(USER, message(`m${i}`));
+        assert.equal(files(join(root, 'new')).length, 4);
+        await store.deliver(USER, message('m4'));
+        const t0 = Date.now();
+        while (files(join(root, 'new')).length > 0 && Date.now() - t0 < 2000) await new Promise((r) => setTimeout(r, 5));
+        assert.deepEqual(files(join(root, 'new')), []);
+        assert.equal(parseUidlist(await readFile(join(root, 'dovecot-uidlist'), 'utf8')).records.length, 5);
+      },
+      { deliveriesPerBackgroundScan: 5 },
+    );
+  });
+
+  it('deliveries count against the quota before any scan saw them', async () => {
+    await withMaildir(
+      async ({ root, store }) => {
+        const big = message('big', 'x'.repeat(1500) + '\r\n');
+        await store.deliver(USER, big);
+        await store.deliver(USER, big);
+        await assert.rejects(store.deliver(USER, big), isCode('OVERQUOTA'));
+        assert.equal(files(join(root, 'new')).length, 2);
+        assert.deepEqual((await store.openMailbox(USER, 'INBOX'))?.uids.length, 2);
+        await assert.rejects(store.deliver(USER, big), isCode('OVERQUOTA'));
+      },
+      { quotaFor: () => 4000 },
+    );
+  });
+
+  it('a failing write leaves nothing visible in new/ or tmp/', async () => {
+    await withMaildir(async ({ root, store }) => {
+      await rm(join(root, 'tmp'), { recursive: true });
+      await writeFile(join(root, 'tmp'), 'not a directory');
+      await assert.rejects(store.deliver(USER, message('fails')), (err: NodeJS.ErrnoException) => err.code === 'ENOTDIR');
+      assert.deepEqual(files(join(root, 'new')), []);
+      await unlink(join(root, 'tmp'));
+      await mkdir(join(root, 'tmp'));
+      await store.deliver(USER, message('after'));
+      assert.equal((await store.openMailbox(USER, 'INBOX'))?.uids.length, 1);
+    });
+  });
+
+  it('a full disk while writing leaves nothing behind (tiny tmpfs on tmp/)', async (t) => {
+    if (!haveRoot()) {
+      t.skip('mounting a tmpfs needs root');
+      return;
+    }
+    await withMaildir(async ({ root, store }) => {
+      const tmp = join(root, 'tmp');
+      const mount = spawnSync('mount', ['-t', 'tmpfs', '-o', 'size=64k', 'tmpfs', tmp]);
+      if (mount.status !== 0) {
+        t.skip(`cannot mount a tmpfs here: ${mount.stderr.toString().trim()}`);
+        return;
+      }
+      try {
+        await assert.rejects(store.deliver(USER, message('big', 'x'.repeat(200_000) + '\r\n')), (err: NodeJS.ErrnoException) => err.code === 'ENOSPC');
+        assert.deepEqual(readdirSync(tmp), []);
+        assert.deepEqual(files(join(root, 'new')), []);
+      } finally {
+        spawnSync('umount', [tmp]);
+      }
+    });
+  });
+});
+
 describe('file-system watch (watchMailbox)', () => {
   it('a file dropped into new/ by other software is journaled and announced promptly, without any call', async () => {
     await withMaildir(async ({ root, store, events }) => {

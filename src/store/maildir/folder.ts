@@ -31,7 +31,7 @@ import {
 import { appendCacheLines, cacheLine, readCacheFile, removeCacheFile, rewriteCacheFile, CACHE_FILE } from './cache-file.js';
 import { countBareLf, toCrlf } from './crlf.js';
 import { acquireDotlock, DotlockTimeoutError, updateWithDotlock, type Dotlock } from './dotlock.js';
-import { fsyncDir, replaceFile, unlinkQuietly, writeNewFile } from './durable-write.js';
+import { DirectorySyncer, fsyncDir, replaceFile, unlinkQuietly, writeNewFile, writeNewFileDurably } from './durable-write.js';
 import { buildFileName, newBaseName, parseFileName, sortLetters } from './filename.js';
 import { applyFlagAction, classifyFlags, lettersToFlags, preservedLetters, type ClassifiedFlags } from './flags.js';
 import {
@@ -260,6 +260,12 @@ export class MaildirFolder {
   private records = new Map<number, MessageRecord>();
   private byBase = new Map<string, MessageRecord>();
   private uidCache: number[] | null = null;
+  /** Sum of the records' sizes (sizeNow), computed when asked after a change. */
+  private sizeMemo: number | null = null;
+  /** Messages dropped into new/ by `deliver` that no scan has seen yet: base name -> size. */
+  private delivered = new Map<string, number>();
+  private deliveredBytes = 0;
+  private newDirSync: DirectorySyncer | null = null;
   private keywords: KeywordTable = [];
   private journal: Journal;
   private stamps: Stamps = { newDir: null, curDir: null, uidlist: null, keywords: null };
@@ -395,6 +401,7 @@ export class MaildirFolder {
       if (out.length !== rec.size) {
         this.ctx.logger.warn({ mailbox: this.path, uid, recorded: rec.size, actual: out.length }, 'message size differs from its recorded size');
         rec.size = out.length;
+        this.sizeMemo = null;
         this.dirtyUids.add(uid);
       }
       return out;
@@ -502,7 +509,7 @@ export class MaildirFolder {
           this.dirtyUids.add(rec.uid);
           this.byBase.delete(rec.base);
         }
-        this.uidCache = null;
+        this.recordsChanged();
         try {
           await this.writeUidlist();
         } catch (err) {
@@ -536,6 +543,38 @@ export class MaildirFolder {
     const base = newBaseName(raw.length, vsize);
     const idate = await writeNewFile(join(this.dir, 'tmp', base), raw, { mtime: internalDate });
     return { base, flags, extraLetters: '', size: vsize, idate, ...(cache !== undefined ? { cache } : {}) };
+  }
+
+  /**
+   * A delivery agent's drop: the message is written to tmp/ (on disk before the write
+   * returns), renamed into new/, and new/ is fsync'd (one fsync shared by concurrent
+   * deliveries). No lock and no UID: like any file other software drops into new/, it gets
+   * its UID at the next scan. Resolves once the message is durable.
+   */
+  async deliver(raw: Buffer): Promise<void> {
+    if (this.gone) throw new FolderGoneError(this.path);
+    const vsize = raw.length + countBareLf(raw);
+    const base = newBaseName(raw.length, vsize);
+    const dir = this.dir;
+    const tmp = join(dir, 'tmp', base);
+    await writeNewFileDurably(tmp, raw);
+    try {
+      await rename(tmp, join(dir, 'new', base));
+    } catch (err) {
+      await unlinkQuietly(tmp);
+      throw err;
+    }
+    if (this.loaded) {
+      this.delivered.set(base, vsize);
+      this.deliveredBytes += vsize;
+    }
+    if (this.newDirSync === null || this.newDirSync.dir !== join(dir, 'new')) this.newDirSync = new DirectorySyncer(join(dir, 'new'));
+    await this.newDirSync.sync();
+  }
+
+  /** How many delivered messages no scan has seen yet (see `deliver`). */
+  get unscannedDeliveries(): number {
+    return this.delivered.size;
   }
 
   /** Removes prepared files that will not be committed. */
@@ -630,7 +669,9 @@ export class MaildirFolder {
     this.journal.clear();
     this.records.clear();
     this.byBase.clear();
-    this.uidCache = null;
+    this.delivered.clear();
+    this.deliveredBytes = 0;
+    this.recordsChanged();
   }
 
   // -------------------------------------------------------------------------------------
@@ -891,6 +932,11 @@ export class MaildirFolder {
     if (locked) {
       const fresh = [...scan.values()].filter((f) => !known.has(f.base)).sort((a, b) => (a.base < b.base ? -1 : a.base > b.base ? 1 : 0));
       for (const f of fresh) {
+        const dropped = this.delivered.get(f.base);
+        if (dropped !== undefined) {
+          this.delivered.delete(f.base);
+          this.deliveredBytes -= dropped;
+        }
         const rec: MessageRecord = {
           uid: nextUid++,
           base: f.base,
@@ -950,7 +996,7 @@ export class MaildirFolder {
     const sorted = [...next.values()].sort((a, b) => a.uid - b.uid);
     this.records = new Map(sorted.map((r) => [r.uid, r]));
     this.byBase = new Map(sorted.map((r) => [r.base, r]));
-    this.uidCache = null;
+    this.recordsChanged();
     this.uidValidity = list.uidValidity;
     this.nextUid = nextUid;
     this.guid = list.guid;
@@ -1106,7 +1152,7 @@ export class MaildirFolder {
           this.dirtyUids.add(rec.uid);
           this.byBase.set(rec.base, rec);
         }
-        this.uidCache = null;
+        this.recordsChanged();
         for (const { group, uids } of done) {
           for (const uid of uids) {
             const rec = this.records.get(uid);
@@ -1448,11 +1494,22 @@ export class MaildirFolder {
     return Math.max(1, this.racyDeadline - Date.now() + 1);
   }
 
-  /** Sum of the message sizes as of the last scan (no I/O). */
+  /**
+   * Sum of the message sizes as of the last scan, plus what `deliver` dropped since (no
+   * I/O; the sum is kept until the records change).
+   */
   sizeNow(): number {
-    let size = 0;
-    for (const r of this.records.values()) size += r.size;
-    return size;
+    if (this.sizeMemo === null) {
+      let size = 0;
+      for (const r of this.records.values()) size += r.size;
+      this.sizeMemo = size;
+    }
+    return this.sizeMemo + this.deliveredBytes;
+  }
+
+  private recordsChanged(): void {
+    this.uidCache = null;
+    this.sizeMemo = null;
   }
 
   /** Sizes of these messages as of the last scan (no I/O); unknown UIDs count 0. */

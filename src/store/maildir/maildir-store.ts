@@ -73,6 +73,11 @@ export interface MaildirStoreOptions {
    * metadata FETCH instead): describing costs ~20 ms per MiB on the event loop. Default 1 MiB.
    */
   cacheBuildMaxBytes?: number;
+  /**
+   * An unwatched mailbox is scanned in the background (UIDs assigned) after this many
+   * deliveries no scan has seen yet (default 1000), so that memory for them stays bounded.
+   */
+  deliveriesPerBackgroundScan?: number;
 }
 
 const SUBSCRIPTIONS_FILE = 'subscriptions';
@@ -95,12 +100,16 @@ interface MailboxWatch {
   watchers: FSWatcher[];
   timer: NodeJS.Timeout | null;
   stopped: boolean;
+  /** Rescans the mailbox after `ms` (coalesced with a rescan already due or running). */
+  rescanSoon(ms: number): void;
 }
 
 /** Quota checks list the user's folders again after this long (ms). */
 const QUOTA_RELIST_MS = 5_000;
 /** File-system events are coalesced for this long before a rescan (ms). */
 const WATCH_DEBOUNCE_MS = 5;
+/** An unwatched mailbox is scanned in the background after this many unseen deliveries. */
+const DELIVERIES_PER_BACKGROUND_SCAN = 1000;
 
 interface MutexLike {
   run<T>(fn: () => Promise<T>): Promise<T>;
@@ -134,6 +143,7 @@ export class MaildirStore extends EventEmitter implements MailStore {
   private readonly lockTimeoutMs: number;
   private readonly readLockTimeoutMs: number;
   private readonly journalLimit: number;
+  private readonly deliveriesPerBackgroundScan: number;
   private readonly users = new Map<string, UserState>();
   private readonly byId = new Map<string, MaildirFolder>();
   private readonly quotaFor: ((user: string) => number | null) | null;
@@ -142,6 +152,8 @@ export class MaildirStore extends EventEmitter implements MailStore {
   /** Cache slots built per message buffer (a delivery to several users builds once). */
   private builtCache = new WeakMap<Buffer, string | null>();
   private readonly watches = new Map<string, MailboxWatch>();
+  /** Folders with a background scan (after many unseen deliveries) in flight. */
+  private readonly backgroundScans = new Set<MaildirFolder>();
   private closed = false;
 
   constructor(options: MaildirStoreOptions) {
@@ -152,6 +164,7 @@ export class MaildirStore extends EventEmitter implements MailStore {
     this.lockTimeoutMs = options.lockTimeoutMs ?? this.lockStaleMs + 5_000;
     this.readLockTimeoutMs = options.readLockTimeoutMs ?? Math.min(2_000, this.lockTimeoutMs);
     this.journalLimit = options.journalLimit ?? DEFAULT_JOURNAL_LIMIT;
+    this.deliveriesPerBackgroundScan = options.deliveriesPerBackgroundScan ?? DELIVERIES_PER_BACKGROUND_SCAN;
     this.quotaFor = options.quotaFor ?? null;
     this.cacheBuildMaxBytes = options.cacheBuildMaxBytes ?? 1024 * 1024;
   }
@@ -415,7 +428,40 @@ export class MaildirStore extends EventEmitter implements MailStore {
   }
 
   async deliver(user: string, raw: Buffer): Promise<void> {
-    await this.append(user, 'INBOX', raw);
+    return this.guard(async () => {
+      const gone = (): StoreError => new StoreError('TRYCREATE', `The mail storage of ${user} does not exist`);
+      const folder = await this.existingFolder(user, INBOX);
+      if (folder === null) throw gone();
+      await this.checkQuota(this.userState(user), raw.length + countBareLf(raw));
+      try {
+        await folder.deliver(raw);
+      } catch (err) {
+        if (err instanceof FolderGoneError || (err as NodeJS.ErrnoException).code === 'ENOENT') throw gone();
+        throw err;
+      }
+      this.scanDelivered(folder);
+    });
+  }
+
+  /**
+   * After a delivery into new/: a watched mailbox (a session has it selected) is scanned at
+   * once, so that IDLE reports the message; otherwise the next look at the mailbox assigns
+   * the UID, or a background scan once many deliveries piled up unseen.
+   */
+  private scanDelivered(folder: MaildirFolder): void {
+    const w = folder.id === '' ? undefined : this.watches.get(folder.id);
+    if (w !== undefined && !w.stopped) {
+      w.rescanSoon(0);
+      return;
+    }
+    if (folder.unscannedDeliveries < this.deliveriesPerBackgroundScan || this.backgroundScans.has(folder)) return;
+    this.backgroundScans.add(folder);
+    folder
+      .load()
+      .catch((err: unknown) => {
+        if (!(err instanceof FolderGoneError)) this.logger.warn({ err, mailbox: folder.path }, 'background scan after deliveries failed');
+      })
+      .finally(() => this.backgroundScans.delete(folder));
   }
 
   async getMessages(mailboxId: string, uids: number[], options: GetMessagesOptions = {}): Promise<MessageMeta[]> {
@@ -525,7 +571,7 @@ export class MaildirStore extends EventEmitter implements MailStore {
   watchMailbox(mailboxId: string): () => void {
     let w = this.watches.get(mailboxId);
     if (w === undefined) {
-      const watch: MailboxWatch = { count: 0, watchers: [], timer: null, stopped: false };
+      const watch = this.newWatch(mailboxId);
       this.watches.set(mailboxId, watch);
       void this.startWatch(mailboxId, watch);
       w = watch;
@@ -549,6 +595,61 @@ export class MaildirStore extends EventEmitter implements MailStore {
     if (this.watches.get(mailboxId) === w) this.watches.delete(mailboxId);
   }
 
+  /**
+   * A watch whose rescans never overlap: a request while one runs leads to exactly one
+   * more rescan after it (whatever changed meanwhile is then seen).
+   */
+  private newWatch(mailboxId: string): MailboxWatch {
+    let running = false;
+    let again = false;
+    const w: MailboxWatch = {
+      count: 0,
+      watchers: [],
+      timer: null,
+      stopped: false,
+      rescanSoon: (ms: number) => {
+        if (w.stopped || this.closed) return;
+        if (running) {
+          again = true;
+          return;
+        }
+        if (w.timer !== null) {
+          if (ms > 0) return;
+          clearTimeout(w.timer);
+          w.timer = null;
+        }
+        if (ms > 0) w.timer = setTimeout(rescan, ms);
+        else rescan();
+      },
+    };
+    const rescan = (): void => {
+      w.timer = null;
+      if (w.stopped || this.closed) return;
+      running = true;
+      again = false;
+      this.folderById(mailboxId)
+        .then(async (folder) => {
+          await folder.load();
+          // a change in the same clock tick as the one just seen: look again once it is safe
+          const later = folder.recheckInMs();
+          if (later !== null && !again) w.timer ??= setTimeout(rescan, later);
+        })
+        .catch((err: unknown) => {
+          if (err instanceof FolderGoneError || err instanceof StoreError) this.stopWatch(mailboxId, w);
+          else this.logger.warn({ err, mailboxId }, 'rescan of a watched mailbox failed');
+        })
+        .finally(() => {
+          running = false;
+          if (again && !w.stopped && !this.closed) {
+            if (w.timer !== null) clearTimeout(w.timer);
+            rescan();
+          }
+        });
+    };
+    return w;
+  }
+
+  /** Watches the mailbox's new/ and cur/ (inotify/kqueue through fs.watch) for outside changes. */
   private async startWatch(mailboxId: string, w: MailboxWatch): Promise<void> {
     let folder: MaildirFolder;
     try {
@@ -557,24 +658,7 @@ export class MaildirStore extends EventEmitter implements MailStore {
       return; // gone: nothing to watch
     }
     if (w.stopped || this.closed) return;
-    const rescan = (): void => {
-      w.timer = null;
-      if (w.stopped || this.closed || folder.gone) return;
-      folder.load().then(
-        () => {
-          // a change in the same clock tick as the one just seen: look again once it is safe
-          const again = folder.recheckInMs();
-          if (again !== null && !w.stopped && w.timer === null) w.timer = setTimeout(rescan, again);
-        },
-        (err: unknown) => {
-          if (err instanceof FolderGoneError) this.stopWatch(mailboxId, w);
-          else this.logger.warn({ err, mailbox: folder.path }, 'rescan after a file-system event failed');
-        },
-      );
-    };
-    const onEvent = (): void => {
-      if (w.timer === null && !w.stopped) w.timer = setTimeout(rescan, WATCH_DEBOUNCE_MS);
-    };
+    const onEvent = (): void => w.rescanSoon(WATCH_DEBOUNCE_MS);
     for (const sub of ['new', 'cur']) {
       try {
         const watcher = watch(join(folder.dir, sub), { persistent: false }, onEvent);
