@@ -575,6 +575,30 @@ describe('changes by other software', () => {
     });
   });
 
+  it('a mailbox replaced on disk (new UIDVALIDITY, e.g. restored by Dovecot) is served as the new mailbox', async () => {
+    await withMaildir(async ({ root, store }) => {
+      await store.append(USER, 'Sent', message('1'));
+      await store.append(USER, 'Sent', message('2'));
+      const dir = join(root, '.Sent');
+      const before = await store.openMailbox(USER, 'Sent');
+      assert.ok(before);
+      const second = await store.readMessage(before.id, 2);
+      // Another program renumbers the folder: a new UIDVALIDITY, UIDs from 100.
+      const list = await uidlistOf(dir);
+      const renumbered = { ...list, uidValidity: list.uidValidity + 1000, nextUid: 102, records: list.records.map((r, i) => ({ ...r, uid: 100 + i })) };
+      await writeFile(join(dir, 'dovecot-uidlist'), serializeUidlist(renumbered));
+      const after = await store.openMailbox(USER, 'Sent');
+      assert.ok(after, 'SELECT still works');
+      assert.equal(after.uidValidity, list.uidValidity + 1000);
+      assert.deepEqual(after.uids, [100, 101]);
+      assert.deepEqual(await store.readMessage(after.id, 101), second);
+      assert.equal((await store.mailboxStatus(USER, 'Sent'))?.messages, 2);
+      const r = await store.append(USER, 'Sent', message('3'));
+      assert.equal(r.uid, 102);
+      assert.equal(r.uidValidity, list.uidValidity + 1000);
+    });
+  });
+
   it('a folder holds at most 26 keywords (dovecot-keywords letters a-z)', async () => {
     await withMaildir(async ({ root, store }) => {
       const r = await store.append(USER, 'INBOX', message('kw'));

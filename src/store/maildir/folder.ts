@@ -30,6 +30,7 @@ import {
 } from '../types.js';
 import { appendCacheLines, cacheLine, readCacheFile, removeCacheFile, rewriteCacheFile, CACHE_FILE } from './cache-file.js';
 import { countBareLf, toCrlf } from './crlf.js';
+import { readMessageFile } from './message-reader.js';
 import { acquireDotlock, DotlockTimeoutError, updateWithDotlock, type Dotlock } from './dotlock.js';
 import { DirectorySyncer, fsyncDir, replaceFile, unlinkQuietly, writeNewFile, writeNewFileDurably } from './durable-write.js';
 import { buildFileName, newBaseName, parseFileName, sortLetters } from './filename.js';
@@ -391,7 +392,7 @@ export class MaildirFolder {
       if (rec === undefined) return null;
       let data: Buffer;
       try {
-        data = await readWhole(join(this.dir, rec.sub, rec.fileName), rec.size);
+        data = await readMessageFile(join(this.dir, rec.sub, rec.fileName), rec.size);
       } catch (err) {
         // Renamed (flags) or moved to cur/ by someone else meanwhile: rescan and retry.
         if (errno(err) === 'ENOENT') continue;

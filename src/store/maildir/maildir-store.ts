@@ -378,51 +378,53 @@ export class MaildirStore extends EventEmitter implements MailStore {
   // -------------------------------------------------------------------------------------
 
   async openMailbox(user: string, path: string): Promise<MailboxSnapshot | null> {
-    return this.guard(async () => {
-      const folder = await this.existingFolder(user, path);
-      if (folder === null) return null;
-      try {
-        await this.loadFolder(folder);
-        return await folder.snapshot();
-      } catch (err) {
-        if (err instanceof FolderGoneError) return null;
-        throw err;
-      }
-    });
+    return this.guard(() => this.withLoadedFolder(user, path, (folder) => folder.snapshot()));
   }
 
   async mailboxStatus(user: string, path: string): Promise<MailboxStatus | null> {
-    return this.guard(async () => {
+    return this.guard(() => this.withLoadedFolder(user, path, (folder) => folder.status()));
+  }
+
+  /**
+   * Runs `fn` on the loaded folder at `path` (null: no such mailbox). A folder found gone
+   * while loading is looked up once more: a mailbox replaced on disk (another UIDVALIDITY,
+   * e.g. a Dovecot-side restore) is then served as the new mailbox it is.
+   */
+  private async withLoadedFolder<T>(user: string, path: string, fn: (folder: MaildirFolder) => Promise<T>): Promise<T | null> {
+    for (let attempt = 0; ; attempt++) {
       const folder = await this.existingFolder(user, path);
       if (folder === null) return null;
       try {
         await this.loadFolder(folder);
-        return await folder.status();
+        return await fn(folder);
       } catch (err) {
-        if (err instanceof FolderGoneError) return null;
-        throw err;
+        if (!(err instanceof FolderGoneError)) throw err;
+        if (attempt > 0) return null;
       }
-    });
+    }
   }
 
   async append(user: string, path: string, raw: Buffer, options: AppendOptions = {}): Promise<AppendResult> {
     return this.guard(async () => {
       const flags = classifyFlags(options.flags ?? []);
       normalizeMailboxPath(path);
-      const folder = await this.existingFolder(user, path);
-      if (folder === null) throw new StoreError('TRYCREATE', `Mailbox ${path} does not exist`);
-      try {
-        // A loaded folder needs no rescan first: the commit re-checks dovecot-uidlist under
-        // the lock. (Not queueing behind other commits here is what lets appends batch.)
-        if (!folder.loaded || folder.id === '') await this.loadFolder(folder);
-        await this.checkQuota(this.userState(user), raw.length + countBareLf(raw));
-        const cache = this.buildCache(raw);
-        const prepared = await folder.prepareAppend(raw, flags, options.internalDate, cache);
-        const [uid] = await folder.commit([prepared], options.origin);
-        return { mailboxId: folder.id, uidValidity: folder.uidValidity, uid };
-      } catch (err) {
-        if (err instanceof FolderGoneError) throw new StoreError('TRYCREATE', `Mailbox ${path} does not exist`);
-        throw err;
+      // A second attempt when the folder turns out gone: it may have been replaced on disk.
+      for (let attempt = 0; ; attempt++) {
+        const folder = await this.existingFolder(user, path);
+        if (folder === null) throw new StoreError('TRYCREATE', `Mailbox ${path} does not exist`);
+        try {
+          // A loaded folder needs no rescan first: the commit re-checks dovecot-uidlist under
+          // the lock. (Not queueing behind other commits here is what lets appends batch.)
+          if (!folder.loaded || folder.id === '') await this.loadFolder(folder);
+          await this.checkQuota(this.userState(user), raw.length + countBareLf(raw));
+          const cache = this.buildCache(raw);
+          const prepared = await folder.prepareAppend(raw, flags, options.internalDate, cache);
+          const [uid] = await folder.commit([prepared], options.origin);
+          return { mailboxId: folder.id, uidValidity: folder.uidValidity, uid };
+        } catch (err) {
+          if (!(err instanceof FolderGoneError)) throw err;
+          if (attempt > 0) throw new StoreError('TRYCREATE', `Mailbox ${path} does not exist`);
+        }
       }
     });
   }
