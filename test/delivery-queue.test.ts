@@ -128,3 +128,53 @@ test('a write failure rejects and leaves nothing visible', async (t) => {
   assert.deepEqual(await q.list(), []);
   assert.deepEqual(readdirSync(path.join(q.dir, 'entries')), []);
 });
+
+test('DSN requests (RFC 3461) are kept with the entry and survive updates; entries written without them still read', async (t) => {
+  const q = new OutboundQueue({ dir: tmp(t) });
+  const e = await q.enqueue({
+    from: 'alice@ours.onion',
+    recipients: [{ address: 'bob@b.onion', notify: ['SUCCESS', 'FAILURE'], orcpt: 'rfc822;Bob+x@b.onion' }, { address: 'carol@b.onion', notify: ['NEVER'] }, 'dave@b.onion'],
+    raw: RAW,
+    ret: 'HDRS',
+    envid: 'id 1',
+  });
+  const fresh = new OutboundQueue({ dir: q.dir });
+  const read = (await fresh.get(e.id))!;
+  assert.equal(read.ret, 'HDRS');
+  assert.equal(read.envid, 'id 1');
+  assert.deepEqual(
+    read.recipients.map((r) => [r.address, r.notify, r.orcpt]),
+    [
+      ['bob@b.onion', ['SUCCESS', 'FAILURE'], 'rfc822;Bob+x@b.onion'],
+      ['carol@b.onion', ['NEVER'], undefined],
+      ['dave@b.onion', undefined, undefined],
+    ],
+  );
+  const updated = await q.update(e.id, (cur) => ({ recipients: cur.recipients.map((r) => ({ ...r, attempts: 1 })) }));
+  assert.equal(updated.ret, 'HDRS');
+  assert.deepEqual(updated.recipients[0]!.notify, ['SUCCESS', 'FAILURE']);
+
+  // A state.json as earlier versions wrote it: no DSN fields at all.
+  const old = {
+    version: 1,
+    id: '00000000000000BB',
+    createdAt: 1_700_000_000_000,
+    from: 'alice@ours.onion',
+    size: RAW.length,
+    origin: 'submission',
+    recipients: [{ address: 'bob@b.onion', domain: 'b.onion', status: 'pending', attempts: 2, nextAttempt: 1_700_000_060_000, lastError: '451 later' }],
+  };
+  mkdirSync(path.join(q.dir, 'entries', old.id));
+  writeFileSync(path.join(q.dir, 'entries', old.id, 'message'), RAW);
+  writeFileSync(path.join(q.dir, 'entries', old.id, 'state.json'), JSON.stringify(old));
+  const legacy = (await q.get(old.id))!;
+  assert.deepEqual(legacy, old, 'read as it is: the defaults apply (FAILURE and DELAY notices, RET FULL)');
+  assert.ok((await q.list()).some((x) => x.id === old.id));
+
+  // Nonsense in the DSN fields makes an entry invalid (it is never half understood).
+  for (const bad of [{ ret: 'SOME' }, { envid: 'a\r\nb' }, { recipients: [{ ...old.recipients[0], notify: ['NEVER', 'SUCCESS'] }] }, { recipients: [{ ...old.recipients[0], orcpt: 'no-type' }] }]) {
+    writeFileSync(path.join(q.dir, 'entries', old.id, 'state.json'), JSON.stringify({ ...old, ...bad }));
+    await assert.rejects(q.get(old.id), (err: unknown) => err instanceof QueueError && err.code === 'invalid', JSON.stringify(bad));
+  }
+  await assert.rejects(q.enqueue({ from: '', recipients: [{ address: 'x@b.onion', orcpt: 'rfc822;' }], raw: RAW }), (err: unknown) => err instanceof QueueError && err.code === 'invalid');
+});

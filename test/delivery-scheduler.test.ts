@@ -10,6 +10,7 @@ import type net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, beforeEach, describe, it } from 'node:test';
+import { SMTPServer } from 'smtp-server';
 import { createLocalDelivery } from '../src/delivery/local.js';
 import { OutboundQueue, type EnqueueInput, type QueueEntry } from '../src/delivery/queue.js';
 import type { NextHop, Resolution } from '../src/delivery/resolver.js';
@@ -232,8 +233,10 @@ describe('delivery scheduler: queue -> SOCKS -> SMTP, bounces, local delivery', 
     assert.equal(r['remote-mta'], `dns; ${PEER}`);
     assert.match(r['diagnostic-code']!, /^smtp; 550 5\.1\.1 .*nobody@/);
     assert.ok(!Number.isNaN(Date.parse(r['last-attempt-date']!)));
-    assert.match(dsn.headers.body, /^Subject: partly$/m, 'the original header is attached');
-    assert.doesNotMatch(dsn.headers.body, /Hello partly/, 'but not the body');
+    assert.equal(dsn.returned, 'message', 'no RET given: the whole message comes back (RFC 3461 default)');
+    assert.match(dsn.headers.body, /^Subject: partly$/m);
+    assert.match(dsn.headers.body, /Hello partly/);
+    assert.ok(m1.toString('latin1').startsWith(dsn.headers.body), 'the returned message is the queued one, byte for byte');
     assert.match(dsn.human.body, /nobody@/);
     assert.equal((await s.queue.get(e1.id)), null);
   });
@@ -391,5 +394,159 @@ describe('delivery scheduler: queue -> SOCKS -> SMTP, bounces, local delivery', 
     await queueEmpty(s);
     assert.ok(Date.now() - t0 < 3000);
     assert.deepEqual(s.events.map((e) => e.outcome), ['delivered']);
+  });
+
+  describe('DSN requests (RFC 3461)', () => {
+    it('NOTIFY=NEVER: no bounce; NOTIFY=FAILURE with RET=HDRS: a bounce with the header only, ENVID and ORCPT echoed', async () => {
+      const s = await side();
+      await s.queue.enqueue({ from: `carol@${OURS}`, recipients: [{ address: `nobody@${PEER}`, notify: ['NEVER'] }], raw: message('never', `nobody@${PEER}`) });
+      await s.queue.enqueue({
+        from: `carol@${OURS}`,
+        recipients: [{ address: `ghost@${PEER}`, notify: ['FAILURE'], orcpt: `rfc822;Ghost+x@${PEER}` }],
+        raw: message('headers only', `ghost@${PEER}`),
+        ret: 'HDRS',
+        envid: 'envelope 7',
+      });
+      await s.scheduler.start();
+      await queueEmpty(s);
+      assert.deepEqual(s.events.filter((e) => e.domain === PEER).map((e) => e.outcome), ['failed', 'failed']);
+      assert.equal(s.enqueued.filter((e) => e.from === '').length, 1, 'one bounce: none for NOTIFY=NEVER');
+      const inbox = await s.inbox('carol');
+      assert.equal(inbox.length, 1);
+      const dsn = parseDsn(inbox[0]!);
+      assert.deepEqual(dsn.recipients.map((r) => r['final-recipient']), [`rfc822; ghost@${PEER}`]);
+      assert.equal(dsn.recipients[0]!['original-recipient'], `rfc822; Ghost+x@${PEER}`);
+      assert.equal(dsn.perMessage['original-envelope-id'], 'envelope 7');
+      assert.equal(dsn.returned, 'headers', 'RET=HDRS');
+      assert.equal(dsn.headers.header('content-type'), 'text/rfc822-headers');
+      assert.match(dsn.headers.body, /^Subject: headers only\r$/m);
+      assert.doesNotMatch(dsn.headers.body, /Hello headers only/, 'no body');
+    });
+
+    it('no RET: the bounce returns the whole message, unless it is larger than returnLimit (then its header)', async () => {
+      const small = message('small', `nobody@${PEER}`);
+      const s = await side({ returnLimit: small.length });
+      await s.queue.enqueue({ from: `carol@${OURS}`, recipients: [`nobody@${PEER}`], raw: small });
+      await s.queue.enqueue({ from: `carol@${OURS}`, recipients: [`ghost@${PEER}`], raw: message('larger message', `ghost@${PEER}`) });
+      await s.scheduler.start();
+      await queueEmpty(s);
+      const dsns = (await s.inbox('carol')).map((raw) => parseDsn(raw));
+      const returned = Object.fromEntries(dsns.map((d) => [d.recipients[0]!['final-recipient'], d.returned]));
+      assert.deepEqual(returned, { [`rfc822; nobody@${PEER}`]: 'message', [`rfc822; ghost@${PEER}`]: 'headers' });
+    });
+
+    it('NOTIFY without DELAY: no delay warning, but the bounce at expiry', async () => {
+      const dead = randomOnionAddress();
+      socks.reply = (req) => (req.host === dead ? 0xf0 : 0x00);
+      const s = await side({ retryMs: [200], maxAgeMs: 1200, delayWarningMs: 300 });
+      await s.queue.enqueue({ from: `carol@${OURS}`, recipients: [{ address: `bob@${dead}`, notify: ['FAILURE'] }], raw: message('no warning', `bob@${dead}`) });
+      await s.scheduler.start();
+      await queueEmpty(s);
+      assert.ok(s.events.filter((e) => e.outcome === 'deferred').length >= 2, 'retried while a warning was due');
+      const dsns = (await s.inbox('carol')).map((raw) => parseDsn(raw));
+      assert.deepEqual(dsns.map((d) => d.recipients[0]!.action), ['failed'], 'the bounce only');
+    });
+
+    it('a next hop that advertises DSN gets NOTIFY/ORCPT/RET/ENVID and reports itself: its success report, not ours', async () => {
+      const s = await side();
+      const peerBefore = new Set((await peer.queue.list()).map((e) => e.id));
+      await s.queue.enqueue({
+        from: `carol@${OURS}`,
+        recipients: [{ address: `alice@${PEER}`, notify: ['SUCCESS', 'FAILURE'], orcpt: `rfc822;Alice+x=1@${PEER}` }, `bob@${PEER}`],
+        raw: message('passed on', `alice@${PEER}`),
+        ret: 'HDRS',
+        envid: 'id +1=2',
+      });
+      await s.scheduler.start();
+      await queueEmpty(s);
+      assert.deepEqual(s.events.map((e) => e.outcome), ['delivered', 'delivered']);
+      assert.equal(s.enqueued.filter((e) => e.from === '').length, 0, 'no report from us');
+      const reports = (await peer.queue.list()).filter((e) => !peerBefore.has(e.id) && e.from === '');
+      assert.equal(reports.length, 1, 'the peer queued one success report');
+      assert.deepEqual(reports[0]!.recipients.map((r) => r.address), [`carol@${OURS}`]);
+      const dsn = parseDsn((await peer.queue.readMessage(reports[0]!.id))!);
+      assert.equal(dsn.perMessage['original-envelope-id'], 'id +1=2', 'ENVID arrived intact (xtext both ways)');
+      assert.equal(dsn.perMessage['reporting-mta'], `dns; ${PEER}`);
+      assert.deepEqual(
+        dsn.recipients.map((r) => [r['original-recipient'], r['final-recipient'], r.action]),
+        [[`rfc822; Alice+x=1@${PEER}`, `rfc822; alice@${PEER}`, 'delivered']],
+        'bob asked for nothing',
+      );
+      for (const e of reports) await peer.queue.remove(e.id);
+    });
+
+    it('a next hop without DSN: NOTIFY=SUCCESS is answered by us with Action: relayed', async () => {
+      const plain = new SMTPServer({
+        disableReverseLookup: true,
+        authOptional: true,
+        disabledCommands: ['STARTTLS'],
+        logger: false,
+        onData(stream, _session, callback) {
+          stream.resume();
+          stream.on('end', () => callback());
+        },
+      });
+      await new Promise<void>((resolve) => plain.listen(0, '127.0.0.1', () => resolve()));
+      const saved = socks.forwardTo;
+      socks.forwardTo = (plain.server.address() as net.AddressInfo).port;
+      try {
+        const s = await side();
+        await s.queue.enqueue({
+          from: `carol@${OURS}`,
+          recipients: [{ address: `alice@${PEER}`, notify: ['SUCCESS'], orcpt: `rfc822;alice@${PEER}` }, `bob@${PEER}`],
+          raw: message('relayed', `alice@${PEER}`),
+          envid: 'r1',
+        });
+        await s.scheduler.start();
+        await queueEmpty(s);
+        const inbox = await s.inbox('carol');
+        assert.equal(inbox.length, 1);
+        const dsn = parseDsn(inbox[0]!);
+        assert.equal(dsn.top.header('subject'), 'Successful Mail Delivery Report');
+        assert.equal(dsn.perMessage['original-envelope-id'], 'r1');
+        assert.deepEqual(
+          dsn.recipients.map((r) => [r['original-recipient'], r['final-recipient'], r.action, r.status, r['remote-mta']]),
+          [[`rfc822; alice@${PEER}`, `rfc822; alice@${PEER}`, 'relayed', '2.0.0', `dns; ${PEER}`]],
+        );
+        assert.equal(dsn.returned, 'headers');
+      } finally {
+        socks.forwardTo = saved;
+        await new Promise<void>((resolve) => plain.close(() => resolve()));
+      }
+    });
+
+    it('local delivery to an alias: "expanded" with several targets (remote ones forwarded with FAILURE only, ORCPT the alias); one remote target keeps the request', async () => {
+      const s = await side();
+      const targets: Record<string, { kind: 'alias'; users: string[]; remote: string[] }> = {
+        [`team@${OURS}`]: { kind: 'alias', users: ['dave'], remote: [`zed@${PEER}`] },
+        [`fwd@${OURS}`]: { kind: 'alias', users: [], remote: [`zed@${PEER}`] },
+      };
+      const deliver = createLocalDelivery({ store: s.store, resolveRecipient: (a) => targets[a]!, enqueue: (i) => s.queue.enqueue(i) });
+      const raw = message('alias', `team@${OURS}`);
+      const team = await deliver(`team@${OURS}`, raw, `carol@${OURS}`, '00000000000000C1', { notify: ['SUCCESS', 'FAILURE', 'DELAY'], ret: 'HDRS', envid: 'e9' });
+      assert.equal(team.status, 'delivered');
+      assert.equal(team.success, 'expanded');
+      const fwd = await deliver(`fwd@${OURS}`, raw, `carol@${OURS}`, '00000000000000C2', { notify: ['SUCCESS'], orcpt: `rfc822;FWD@${OURS}` });
+      assert.equal(fwd.success, null, 'the forwarded entry reports');
+      const entries = await s.queue.list();
+      assert.equal(entries.length, 2);
+      const e1 = entries.find((e) => e.envid === 'e9');
+      const e2 = entries.find((e) => e.envid === undefined);
+      assert.deepEqual([e1!.origin, e1!.ret, e1!.envid, e1!.recipients[0]!.notify, e1!.recipients[0]!.orcpt], ['forward', 'HDRS', 'e9', ['FAILURE', 'DELAY'], `rfc822;team@${OURS}`]);
+      assert.deepEqual([e2!.ret, e2!.envid, e2!.recipients[0]!.notify, e2!.recipients[0]!.orcpt], [undefined, undefined, ['SUCCESS'], `rfc822;FWD@${OURS}`]);
+    });
+
+    it('local delivery with NOTIFY=SUCCESS: Action delivered; the entry stays until the report is queued', async () => {
+      const s = await side();
+      await s.queue.enqueue({ from: `carol@${OURS}`, recipients: [{ address: `dave@${OURS}`, notify: ['SUCCESS'] }], raw: message('local success', `dave@${OURS}`), origin: 'local' });
+      await s.scheduler.start();
+      await queueEmpty(s);
+      assert.equal((await s.inbox('dave')).length, 1);
+      const inbox = await s.inbox('carol');
+      assert.equal(inbox.length, 1);
+      const dsn = parseDsn(inbox[0]!);
+      assert.deepEqual(dsn.recipients.map((r) => [r['final-recipient'], r.action, r.status]), [[`rfc822; dave@${OURS}`, 'delivered', '2.0.0']]);
+      assert.equal(dsn.recipients[0]!['remote-mta'], undefined);
+    });
   });
 });

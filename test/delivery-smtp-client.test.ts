@@ -13,6 +13,9 @@ interface Received {
   from: string;
   to: string[];
   body: Buffer;
+  /** MAIL FROM and RCPT TO parameters as smtp-server parsed (and xtext-decoded) them. */
+  mailArgs: Record<string, string | true>;
+  rcptArgs: Array<Record<string, string | true>>;
 }
 
 type Rule = { rcpt?: Record<string, number>; mail?: number; data?: number };
@@ -50,6 +53,8 @@ async function startSmtpServer(extra: Partial<SMTPServerOptions> = {}): Promise<
           from: session.envelope.mailFrom ? session.envelope.mailFrom.address : '',
           to: session.envelope.rcptTo.map((r) => r.address),
           body: Buffer.concat(chunks),
+          mailArgs: (session.envelope.mailFrom && session.envelope.mailFrom.args) || {},
+          rcptArgs: session.envelope.rcptTo.map((r) => r.args || {}),
         });
         const code = state.rule.data;
         cb(code ? fail(code, 'message refused') : null);
@@ -226,6 +231,52 @@ describe('delivery/smtp-client (nodemailer SMTP over a given socket) against smt
     assert.equal(r.tls, true);
     assert.equal(socks.requests.at(-1)!.host, peer);
     assert.equal(smtp.received.at(-1)!.ehlo, OURS);
+  });
+
+  it('DSN: per-recipient NOTIFY/ORCPT and RET/ENVID go out in xtext when the server advertises DSN (pipelined or not); nothing otherwise', async () => {
+    const dsnServers = [await startSmtpServer({ hideDSN: false, disabledCommands: ['STARTTLS'] }), await startSmtpServer({ hideDSN: false, hidePIPELINING: true, disabledCommands: ['STARTTLS'] })];
+    const dsn = {
+      ret: 'HDRS' as const,
+      envid: 'e 1+=',
+      recipients: new Map([
+        ['bob@peer.onion', { notify: ['SUCCESS' as const, 'FAILURE' as const], orcpt: 'rfc822;Bob+x=y@peer.onion' }],
+        ['carol@peer.onion', { notify: ['NEVER' as const] }],
+      ]),
+    };
+    const to = ['bob@peer.onion', 'carol@peer.onion', 'dave@peer.onion'];
+    /** Runs one transaction and returns the command lines our side wrote. */
+    const send = async (port: number): Promise<{ lines: string[]; result: Awaited<ReturnType<typeof runSmtpTransaction>> }> => {
+      const socket = await tcp(port);
+      const written: string[] = [];
+      const write = socket.write.bind(socket) as (...args: unknown[]) => boolean;
+      socket.write = ((...args: unknown[]) => {
+        written.push(Buffer.from(args[0] as string | Uint8Array).toString('latin1'));
+        return write(...args);
+      }) as typeof socket.write;
+      const result = await runSmtpTransaction({ socket, host: 'peer.onion', ehloName: OURS, envelope: { from: `alice@${OURS}`, to, dsn }, message: MESSAGE, greetingTimeoutMs: 5000 });
+      return { lines: written.join('').split('\r\n').filter((l) => /^(MAIL|RCPT) /.test(l)), result };
+    };
+    try {
+      for (const server of dsnServers) {
+        const { lines, result } = await send(server.port);
+        assert.deepEqual(result.recipients.map((x) => x.status), ['delivered', 'delivered', 'delivered']);
+        assert.equal(result.dsn, true);
+        assert.deepEqual(lines, [
+          `MAIL FROM:<alice@${OURS}> RET=HDRS ENVID=e+201+2B+3D`,
+          'RCPT TO:<bob@peer.onion> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;Bob+2Bx+3Dy@peer.onion',
+          'RCPT TO:<carol@peer.onion> NOTIFY=NEVER',
+          'RCPT TO:<dave@peer.onion>',
+        ]);
+        const got = server.received.at(-1)!;
+        assert.deepEqual([got.mailArgs.RET, got.mailArgs.ENVID], ['HDRS', 'e 1+='], 'decoded by the server as sent');
+        assert.deepEqual(got.rcptArgs[0], { NOTIFY: 'SUCCESS,FAILURE', ORCPT: 'rfc822;Bob+x=y@peer.onion' });
+      }
+      const { lines, result } = await send(plain.port);
+      assert.equal(result.dsn, false, 'smtp-server hides DSN by default');
+      assert.deepEqual(lines, [`MAIL FROM:<alice@${OURS}>`, 'RCPT TO:<bob@peer.onion>', 'RCPT TO:<carol@peer.onion>', 'RCPT TO:<dave@peer.onion>']);
+    } finally {
+      for (const server of dsnServers) await server.close();
+    }
   });
 
   it('refuses to run without an EHLO name (the default would leak the host name)', async () => {

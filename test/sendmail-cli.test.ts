@@ -94,6 +94,19 @@ describe('onionpost sendmail and queue (no daemon running)', { timeout: 60_000 }
     await cli(['queue', 'delete', e.id]);
   });
 
+  it('-N, -R and -V (delivery reports, RFC 3461) are kept in the queue entry', async () => {
+    const r = await cli(['sendmail', '-N', 'success,failure', '-R', 'hdrs', '-V', 'mutt-42', '-f', `alice@${OURS}`, `bob@${PEER}`, `bob@${OURS}`], 'Subject: dsn\n\nx\n');
+    assert.equal(r.code, 0, r.stderr);
+    const e = (await list()).at(-1)!;
+    assert.equal(e.ret, 'HDRS');
+    assert.equal(e.envid, 'mutt-42');
+    assert.deepEqual(e.recipients.map((x) => x.notify), [
+      ['SUCCESS', 'FAILURE'],
+      ['SUCCESS', 'FAILURE'],
+    ]);
+    await cli(['queue', 'delete', e.id]);
+  });
+
   const refusals: Array<[string, string[], string, number, RegExp]> = [
     ['a sender that is not ours', ['-f', `mallory@${PEER}`, `bob@${PEER}`], 'Subject: x\n\nx\n', 77, /sender <mallory@.*> is not allowed/],
     ['a From field of another user', ['-f', `alice@${OURS}`, `bob@${PEER}`], `From: bob@${OURS}\n\nx\n`, 77, /From field names <bob@.*does not belong/],
@@ -104,6 +117,8 @@ describe('onionpost sendmail and queue (no daemon running)', { timeout: 60_000 }
     ['-t without recipient fields', ['-t', '-f', `alice@${OURS}`], 'Subject: x\n\nx\n', 64, /none in To, Cc or Bcc/],
     ['an unknown option', ['-Z', `bob@${PEER}`], 'x\n', 64, /unknown option -Z/],
     ['-bs', ['-bs'], '', 64, /not supported/],
+    ['a bad -N', ['-N', 'never,success', '-f', `alice@${OURS}`, `bob@${PEER}`], 'Subject: x\n\nx\n', 64, /-N never,success/],
+    ['a bad -R', ['-R', 'body', '-f', `alice@${OURS}`, `bob@${PEER}`], 'Subject: x\n\nx\n', 64, /-R body/],
     ['NUL bytes', ['-f', `alice@${OURS}`, `bob@${PEER}`], 'Subject: x\n\nnul \0 here\n', 65, /NUL/],
   ];
   for (const [what, args, input, code, re] of refusals) {

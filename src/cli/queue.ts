@@ -14,6 +14,7 @@ import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { formatDuration } from '../config/duration.js';
 import type { Config } from '../config/types.js';
+import { wants } from '../delivery/dsn-params.js';
 import { OutboundQueue, type QueueEntry, type QueueRecipient } from '../delivery/queue.js';
 import { requestFlush, wakeDirOf } from '../delivery/wake.js';
 import { fieldsNamed, parseHeader } from '../smtp/message.js';
@@ -91,7 +92,7 @@ export function formatSize(n: number): string {
 
 function recipientState(r: QueueRecipient, now: number): string {
   if (r.status === 'delivered') return `delivered${r.remoteMta ? ` to ${r.remoteMta}` : ''}`;
-  if (r.status === 'failed') return `failed${r.bounced ? ', sender notified' : ', bounce pending'}`;
+  if (r.status === 'failed') return `failed${!wants(r.notify, 'FAILURE') ? ' (the sender asked for no report)' : r.bounced ? ', sender notified' : ', bounce pending'}`;
   const attempts = r.attempts === 0 ? 'not tried yet' : `${r.attempts} attempt${r.attempts === 1 ? '' : 's'}`;
   const next = r.nextAttempt === null ? '' : r.nextAttempt <= now ? ', due now' : `, next in ${formatDuration(r.nextAttempt - now)}`;
   return `waiting: ${attempts}${next}`;

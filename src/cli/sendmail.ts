@@ -6,8 +6,10 @@
  * Options: -t (recipients also from To/Cc/Bcc), -f ADDR / -r ADDR (envelope sender),
  * -F NAME (full name for a generated From), -i / -oi (a line with only "." does not end the
  * message), -v (say what happened), -bp (list the queue, like mailq), -q (retry the queue
- * now), -bm (the default). Accepted and ignored: -oem -oee -oep -oeq -oew -odb -odi -odq -om
- * -o... -B TYPE -N DSN -R RET -V ENVID -h N -L TAG -X FILE -C FILE -U -m -n -G.
+ * now), -bm (the default); delivery status notifications as Postfix's sendmail takes them
+ * (RFC 3461): -N never|success,failure,delay (for every recipient), -R full|hdrs, -V ENVID.
+ * Accepted and ignored: -oem -oee -oep -oeq -oew -odb -odi -odq -om -o... -B TYPE -h N
+ * -L TAG -X FILE -C FILE -U -m -n -G.
  *
  * Who may send, and as whom (authorisation)
  * - The message is written straight into the queue (`<data_dir>/queue`), like Postfix's
@@ -21,7 +23,7 @@
  * - Like submission: every address in From (and Sender) must belong to the same user as the
  *   envelope sender (exit 77 otherwise).
  *
- * The message: line ends are made CRLF; Bcc fields are removed; From (with -F), Date (UTC)
+ * The message: line ends are made CRLF; Bcc (and Resent-Bcc) fields are removed; From (with -F), Date (UTC)
  * and Message-ID (`<random@primary domain>`) are added when missing; a Received field
  * (`by <domain> (onionpost sendmail)`, no user or uid) goes on top. Then one queue entry for
  * every recipient (our own domains included: the daemon delivers those into the store) is
@@ -36,10 +38,11 @@
 import os from 'node:os';
 import { ConfigError } from '../config/load.js';
 import type { Config } from '../config/types.js';
+import { parseNotify, type DsnRet, type NotifyValue } from '../delivery/dsn-params.js';
 import { newQueueId, OutboundQueue, QueueError } from '../delivery/queue.js';
 import { requestWake } from '../delivery/wake.js';
 import { parseAddressList } from '../smtp/address-header.js';
-import { fieldsNamed, headerLength, newMessageId, parseHeader } from '../smtp/message.js';
+import { BLIND_COPY_FIELDS, fieldsNamed, headerLength, newMessageId, parseHeader, withoutFields } from '../smtp/message.js';
 import { RelayPolicy } from '../smtp/policy.js';
 import { rfc5322Date } from '../smtp/received-header.js';
 import { AliasDb } from '../users/aliases.js';
@@ -54,7 +57,8 @@ export const SENDMAIL_USAGE = `usage: onionpost sendmail [-t] [-i] [-f sender] [
        onionpost sendmail -q       (retry every waiting message now)
 
 Queues the message on standard input for the recipients (and, with -t, those in its To, Cc
-and Bcc fields). For mutt: set sendmail="onionpost sendmail -oem -oi"
+and Bcc fields; Bcc fields are removed). For mutt: set sendmail="onionpost sendmail -oem -oi"
+Delivery reports (RFC 3461): -N never|success,failure,delay  -R full|hdrs  -V envelope-id
 `;
 
 export interface SendmailOptions {
@@ -65,6 +69,12 @@ export interface SendmailOptions {
   verbose: boolean;
   mode: 'send' | 'list' | 'flush';
   recipients: string[];
+  /** -N: NOTIFY for every recipient. */
+  notify: NotifyValue[] | null;
+  /** -R: RET. */
+  ret: DsnRet | null;
+  /** -V: ENVID. */
+  envid: string | null;
 }
 
 /** Options that take a value (attached, `-fvalue`, or as the next argument). */
@@ -75,7 +85,7 @@ const FLAGS = new Set(['t', 'i', 'v', 'U', 'm', 'n', 'G', 'x']);
 const usage = (message: string): CliError => new CliError(`sendmail: ${message}\n\n${SENDMAIL_USAGE}`, 64);
 
 export function parseSendmailArgs(args: string[]): SendmailOptions {
-  const o: SendmailOptions = { extract: false, ignoreDots: false, from: null, fullName: null, verbose: false, mode: 'send', recipients: [] };
+  const o: SendmailOptions = { extract: false, ignoreDots: false, from: null, fullName: null, verbose: false, mode: 'send', recipients: [], notify: null, ret: null, envid: null };
   for (let i = 0; i < args.length; i++) {
     const arg = args[i]!;
     if (arg === '--') {
@@ -95,6 +105,18 @@ export function parseSendmailArgs(args: string[]): SendmailOptions {
       }
       if (letter === 'f' || letter === 'r') o.from = value;
       else if (letter === 'F') o.fullName = value;
+      else if (letter === 'N') {
+        o.notify = parseNotify(value);
+        if (!o.notify) throw usage(`-N ${value}: give never, or a comma-separated list of success, failure, delay`);
+      } else if (letter === 'R') {
+        const ret = value.toUpperCase();
+        if (ret !== 'FULL' && ret !== 'HDRS') throw usage(`-R ${value}: give full or hdrs`);
+        o.ret = ret;
+      } else if (letter === 'V') {
+        // Taken as text (not xtext): any printable ASCII, at most 100 characters (RFC 3461 4.4).
+        if (!/^[\x20-\x7e]{1,100}$/.test(value)) throw usage(`-V: the envelope id must be 1 to 100 printable ASCII characters`);
+        o.envid = value;
+      }
       continue;
     }
     if (letter === 'o') {
@@ -164,22 +186,6 @@ function cutAtDot(raw: Buffer): Buffer {
 /** CRLF line ends; lone CRs stay. */
 function toCrlf(raw: Buffer): Buffer {
   return Buffer.from(raw.toString('latin1').replace(/\r?\n/g, '\r\n'), 'latin1');
-}
-
-/** The header without its Bcc fields (with their continuation lines). */
-function removeBcc(header: string): string {
-  const lines = header.split('\r\n');
-  const out: string[] = [];
-  let dropping = false;
-  for (const line of lines) {
-    if (/^[ \t]/.test(line) && line !== '') {
-      if (!dropping) out.push(line);
-      continue;
-    }
-    dropping = /^bcc[ \t]*:/i.test(line);
-    if (!dropping) out.push(line);
-  }
-  return out.join('\r\n');
 }
 
 function bareAddress(text: string): string {
@@ -315,12 +321,20 @@ async function send(opts: SendmailOptions, config: Config, ctx: CliContext): Pro
   if (fieldsNamed(fields, 'Message-ID').length === 0) add += `Message-ID: ${newMessageId(config.domain)}\r\n`;
   const id = newQueueId();
   const received = `Received: by ${config.domain} (onionpost sendmail) id ${id};\r\n\t${rfc5322Date(new Date())}\r\n`;
-  const kept = header === '' ? '\r\n' : removeBcc(header);
-  const message = Buffer.concat([Buffer.from(received + add, 'utf8'), Buffer.from(kept, 'latin1'), body]);
+  const kept = header === '' ? Buffer.from('\r\n') : withoutFields(Buffer.from(header, 'latin1'), BLIND_COPY_FIELDS);
+  const message = Buffer.concat([Buffer.from(received + add, 'utf8'), kept, body]);
 
   const queue = new OutboundQueue({ dir: config.queue.dir });
   try {
-    await queue.enqueue({ id, from: sender, recipients, raw: message, origin: 'local' });
+    await queue.enqueue({
+      id,
+      from: sender,
+      recipients: recipients.map((address) => ({ address, ...(opts.notify ? { notify: opts.notify } : {}) })),
+      raw: message,
+      origin: 'local',
+      ...(opts.ret ? { ret: opts.ret } : {}),
+      ...(opts.envid !== null ? { envid: opts.envid } : {}),
+    });
   } catch (err) {
     if (err instanceof QueueError && err.code === 'invalid') throw new CliError(err.message, 64);
     throw new CliError(`cannot queue the message: ${(err as Error).message}; try again`, 75);

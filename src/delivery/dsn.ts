@@ -1,16 +1,20 @@
 /**
- * Delivery status notifications (RFC 3464 "bounces") for messages the queue failed to deliver,
- * or is still trying to deliver (a delay warning).
+ * Delivery status notifications (RFC 3464): bounces for messages that could not be delivered,
+ * delay warnings for messages still being tried, and success reports for senders who asked
+ * for them (RFC 3461 NOTIFY=SUCCESS).
  *
  *     From: Mail Delivery System <MAILER-DAEMON@<primary domain>>
  *     Auto-Submitted: auto-replied
  *     Content-Type: multipart/report; report-type=delivery-status; boundary=...
  *
  *     1. text/plain                what happened, for people
- *     2. message/delivery-status   Reporting-MTA, Arrival-Date, then per recipient
- *                                  Final-Recipient, Action, Status, Remote-MTA,
- *                                  Diagnostic-Code, Last-Attempt-Date (Will-Retry-Until)
- *     3. text/rfc822-headers       the original message's header (never its body)
+ *     2. message/delivery-status   (Original-Envelope-Id), Reporting-MTA, Arrival-Date, then
+ *                                  per recipient (Original-Recipient), Final-Recipient,
+ *                                  Action, Status, Remote-MTA, Diagnostic-Code,
+ *                                  Last-Attempt-Date (Will-Retry-Until)
+ *     3. text/rfc822-headers       the original message's header, or
+ *        message/rfc822            the whole original message (a failure report whose
+ *                                  sender did not ask for RET=HDRS; the caller decides)
  *
  * The envelope sender of a DSN is the null sender `<>` (the scheduler queues it so): a DSN
  * that cannot be delivered is dropped, never answered with another DSN, so bounces cannot loop.
@@ -19,11 +23,14 @@
 import { randomBytes } from 'node:crypto';
 import { rfc5322Date } from '../smtp/received-header.js';
 
-export type DsnAction = 'failed' | 'delayed';
+/** RFC 3464 2.3.3. */
+export type DsnAction = 'failed' | 'delayed' | 'delivered' | 'relayed' | 'expanded';
 
 export interface DsnRecipient {
   /** The envelope recipient (Final-Recipient: rfc822; ...). */
   address: string;
+  /** The sender's ORCPT, decoded ("rfc822;address"): Original-Recipient. */
+  originalRecipient?: string;
   action: DsnAction;
   /** RFC 3463 status, e.g. "5.1.1" or "4.4.7". */
   status: string;
@@ -52,6 +59,10 @@ export interface DsnInput {
   recipients: DsnRecipient[];
   /** The original message's header section (may be empty when the message is gone). */
   originalHeader: Buffer;
+  /** The whole original message: returned as message/rfc822 instead of the header. */
+  originalMessage?: Buffer;
+  /** The sender's ENVID, decoded: Original-Envelope-Id. */
+  envid?: string;
   now?: Date;
 }
 
@@ -111,13 +122,15 @@ function originalMessageId(header: string): string | null {
   return m ? m[1]! : null;
 }
 
-function humanPart(input: DsnInput, failed: DsnRecipient[], delayed: DsnRecipient[]): string {
+const SUCCESS_ACTIONS: ReadonlySet<DsnAction> = new Set(['delivered', 'relayed', 'expanded']);
+
+function humanPart(input: DsnInput, failed: DsnRecipient[], delayed: DsnRecipient[], succeeded: DsnRecipient[]): string {
   const lines: string[] = [];
   lines.push(`This is the mail system at ${input.reportingDomain}.`, '');
   if (failed.length > 0) {
     lines.push(
       `I'm sorry to have to inform you that your message could not be delivered to ${failed.length === 1 ? 'one recipient' : `${failed.length} recipients`}.`,
-      'The reason is given below. The header of your message is attached.',
+      `The reason is given below. ${input.originalMessage ? 'Your message is attached.' : 'The header of your message is attached.'}`,
       '',
     );
     for (const r of failed) lines.push(`<${r.address}>: ${describeRecipient(r)}`, '');
@@ -135,6 +148,10 @@ function humanPart(input: DsnInput, failed: DsnRecipient[], delayed: DsnRecipien
       lines.push(`<${r.address}>: ${describeRecipient(r)}${until}`, '');
     }
   }
+  if (succeeded.length > 0) {
+    lines.push('As you asked, this is a report of successful delivery:', '');
+    for (const r of succeeded) lines.push(`<${r.address}>: ${describeSuccess(r)}`, '');
+  }
   lines.push(`Queue id: ${input.queueId}`);
   return lines.map((l) => oneLine(l, 2000)).join('\r\n') + '\r\n';
 }
@@ -145,14 +162,43 @@ function describeRecipient(r: DsnRecipient): string {
   return text;
 }
 
+function describeSuccess(r: DsnRecipient): string {
+  switch (r.action) {
+    case 'delivered':
+      return 'delivered to the mailbox.';
+    case 'expanded':
+      return 'delivered to the members of this address (an alias); there are no further reports for them.';
+    default:
+      return `handed over to ${r.remoteMta ?? 'the next mail server'}, which does not send delivery reports; this is the last report for this recipient.`;
+  }
+}
+
+/**
+ * A value the sender gave (ENVID, ORCPT), exactly as given: RFC 3464 asks for the original
+ * spelling, so spaces are kept; anything but printable US-ASCII (the SMTP layer lets
+ * nothing else through) becomes "?", so the field stays one line.
+ */
+function asGiven(value: string, max: number): string {
+  return value.replace(/[^\x20-\x7e]/g, '?').slice(0, max);
+}
+
+/** "rfc822;addr" -> "rfc822; addr" (the address as given). */
+function typedAddress(value: string): string {
+  const semi = value.indexOf(';');
+  return semi < 0 ? `rfc822; ${asGiven(value, 500)}` : `${asGiven(value.slice(0, semi), 40)}; ${asGiven(value.slice(semi + 1), 500)}`;
+}
+
 function statusPart(input: DsnInput, now: Date): string {
+  // RFC 3464 2.2 and 2.3 give the order of the fields; ours (X-) come last.
   const fields: string[] = [];
+  if (input.envid !== undefined) fields.push(`Original-Envelope-Id: ${asGiven(input.envid, 100)}`);
   fields.push(`Reporting-MTA: dns; ${input.reportingDomain}`);
-  fields.push(`X-Onionpost-Queue-ID: ${input.queueId}`);
   fields.push(`Arrival-Date: ${rfc5322Date(new Date(input.arrivalDate))}`);
+  fields.push(`X-Onionpost-Queue-ID: ${input.queueId}`);
   const blocks = [fields.join('\r\n')];
   for (const r of input.recipients) {
     const f: string[] = [];
+    if (r.originalRecipient) f.push(`Original-Recipient: ${typedAddress(r.originalRecipient)}`);
     f.push(`Final-Recipient: rfc822; ${oneLine(r.address, 500)}`);
     f.push(`Action: ${r.action}`);
     f.push(`Status: ${r.status}`);
@@ -165,6 +211,13 @@ function statusPart(input: DsnInput, now: Date): string {
   return blocks.join('\r\n\r\n') + '\r\n';
 }
 
+/** The Subject of a report: the worst news it carries. */
+function subjectOf(failed: number, delayed: number): string {
+  if (failed > 0) return 'Undelivered Mail Returned to Sender';
+  if (delayed > 0) return 'Delayed Mail (still being retried)';
+  return 'Successful Mail Delivery Report';
+}
+
 /** The complete DSN message (CRLF line ends), ready for the queue or a local INBOX. */
 export function buildDsn(input: DsnInput): Buffer {
   if (!input.sender) throw new Error('buildDsn: no DSN for the null sender');
@@ -172,18 +225,21 @@ export function buildDsn(input: DsnInput): Buffer {
   const now = input.now ?? new Date();
   const failed = input.recipients.filter((r) => r.action === 'failed');
   const delayed = input.recipients.filter((r) => r.action === 'delayed');
+  const succeeded = input.recipients.filter((r) => SUCCESS_ACTIONS.has(r.action));
   const boundary = `=_onionpost_${randomBytes(12).toString('hex')}`;
-  // latin1: the original header is copied byte for byte (UTF-8 or not), only line ends become CRLF.
-  const header = toCrlf(input.originalHeader.toString('latin1')).replace(/(\r\n)*$/, '\r\n');
-  const human = humanPart(input, failed, delayed);
+  // latin1: the original is copied byte for byte (UTF-8 or not), only line ends become CRLF.
+  const returned = input.originalMessage
+    ? toCrlf(input.originalMessage.toString('latin1')).replace(/(\r\n)?$/, '\r\n')
+    : toCrlf(input.originalHeader.toString('latin1')).replace(/(\r\n)*$/, '\r\n');
+  const human = humanPart(input, failed, delayed, succeeded);
   const status = statusPart(input, now);
-  const origId = originalMessageId(header);
+  const origId = originalMessageId(input.originalMessage ? returned.slice(0, returned.search(/\r\n\r\n|$/)) : returned);
 
   const top: string[] = [
     `Date: ${rfc5322Date(now)}`,
     `From: Mail Delivery System <MAILER-DAEMON@${input.reportingDomain}>`,
     `To: <${oneLine(input.sender, 500)}>`,
-    `Subject: ${failed.length > 0 ? 'Undelivered Mail Returned to Sender' : 'Delayed Mail (still being retried)'}`,
+    `Subject: ${subjectOf(failed.length, delayed.length)}`,
     `Message-ID: <${randomBytes(18).toString('base64url')}@${input.reportingDomain}>`,
   ];
   if (origId) top.push(`In-Reply-To: ${origId}`, `References: ${origId}`);
@@ -193,13 +249,17 @@ export function buildDsn(input: DsnInput): Buffer {
     `Content-Type: multipart/report; report-type=delivery-status;\r\n\tboundary="${boundary}"`,
   );
   const cte = (text: string): string => (isAscii(text) ? '7bit' : '8bit');
-  const marker = `\u0000header-${boundary}\u0000`;
+  const what = failed.length > 0 ? 'Undelivered Message' : delayed.length > 0 ? 'Delayed Message' : 'Delivered Message';
+  const returnedHead = input.originalMessage
+    ? `Content-Description: ${what}\r\nContent-Type: message/rfc822`
+    : `Content-Description: ${what} Headers\r\nContent-Type: text/rfc822-headers`;
+  const marker = `\u0000original-${boundary}\u0000`;
   const parts = [
     `Content-Description: Notification\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: ${cte(human)}\r\n\r\n${human}`,
     `Content-Description: Delivery report\r\nContent-Type: message/delivery-status${isAscii(status) ? '' : '; charset=utf-8'}\r\nContent-Transfer-Encoding: ${cte(status)}\r\n\r\n${status}`,
-    `Content-Description: ${failed.length > 0 ? 'Undelivered Message Headers' : 'Delayed Message Headers'}\r\nContent-Type: text/rfc822-headers\r\nContent-Transfer-Encoding: ${cte(header)}\r\n\r\n${marker}`,
+    `${returnedHead}\r\nContent-Transfer-Encoding: ${cte(returned)}\r\n\r\n${marker}`,
   ];
   const body = `This is a MIME-encapsulated message (a delivery status notification, RFC 3464).\r\n\r\n${parts.map((p) => `--${boundary}\r\n${p}`).join('\r\n')}\r\n--${boundary}--\r\n`;
   const [before, after] = `${top.join('\r\n')}\r\n\r\n${body}`.split(marker) as [string, string];
-  return Buffer.concat([Buffer.from(before, 'utf8'), Buffer.from(header, 'latin1'), Buffer.from(after, 'utf8')]);
+  return Buffer.concat([Buffer.from(before, 'utf8'), Buffer.from(returned, 'latin1'), Buffer.from(after, 'utf8')]);
 }

@@ -6,10 +6,16 @@
  * The address is resolved again when it is delivered (users and aliases may have changed):
  * a user -> INBOX; an alias -> the INBOX of each of its users, and its remote targets go back
  * into the queue as a new entry (origin "forward"); nobody of that name -> permanent 5.1.1.
+ *
+ * DSN (RFC 3461): the outcome says what a success report would say ("delivered" into one
+ * mailbox, "expanded" for an alias with several targets, nothing for an alias with one
+ * remote target: the forwarded entry reports). Forwarded targets keep the request
+ * (dsn-params.forwardedDsn: ORCPT the alias address, no SUCCESS after an expansion).
  */
 import type { Logger } from '../log/logger.js';
 import type { MailStore } from '../store/types.js';
 import type { Resolution } from '../users/recipients.js';
+import { forwardedDsn, localSuccess, type MessageDsn, type RecipientDsn } from './dsn-params.js';
 import type { EnqueueInput } from './queue.js';
 
 export interface LocalOutcome {
@@ -18,6 +24,8 @@ export interface LocalOutcome {
   response: string;
   code: number;
   enhanced: string;
+  /** Delivered: what a success report would say; null: none is ours to send. */
+  success?: 'delivered' | 'expanded' | null;
 }
 
 export interface LocalDeliveryOptions {
@@ -32,7 +40,7 @@ export interface LocalDeliveryOptions {
   logger?: Logger;
 }
 
-export type LocalDelivery = (address: string, raw: Buffer, envelopeFrom: string, queueId: string) => Promise<LocalOutcome>;
+export type LocalDelivery = (address: string, raw: Buffer, envelopeFrom: string, queueId: string, dsn?: RecipientDsn & MessageDsn) => Promise<LocalOutcome>;
 
 function code(err: unknown): string | undefined {
   return typeof err === 'object' && err !== null ? ((err as { code?: unknown }).code as string | undefined) : undefined;
@@ -52,7 +60,7 @@ export function createLocalDelivery(options: LocalDeliveryOptions): LocalDeliver
     }
   }
 
-  return async function deliverLocal(address, raw, envelopeFrom, queueId) {
+  return async function deliverLocal(address, raw, envelopeFrom, queueId, dsn = {}) {
     let resolution: Resolution;
     try {
       resolution = await options.resolveRecipient(address);
@@ -86,7 +94,17 @@ export function createLocalDelivery(options: LocalDeliveryOptions): LocalDeliver
     }
     try {
       for (const user of users) await append(user, raw);
-      if (remote.length > 0) await options.enqueue({ from: envelopeFrom, recipients: remote, raw, origin: 'forward' });
+      if (remote.length > 0) {
+        const carried = forwardedDsn(address, dsn, users.length + remote.length);
+        await options.enqueue({
+          from: envelopeFrom,
+          recipients: remote.map((target) => ({ address: target, ...carried })),
+          raw,
+          origin: 'forward',
+          ...(dsn.ret ? { ret: dsn.ret } : {}),
+          ...(dsn.envid !== undefined ? { envid: dsn.envid } : {}),
+        });
+      }
     } catch (err) {
       logger?.error({ id: queueId, to: address, err }, 'local delivery failed');
       if (code(err) === 'OVERQUOTA') return { status: 'temporary', code: 452, enhanced: '4.2.2', response: '452 4.2.2 mailbox full' };
@@ -95,6 +113,6 @@ export function createLocalDelivery(options: LocalDeliveryOptions): LocalDeliver
     const what = [users.length ? `${users.length === 1 ? 'mailbox' : 'mailboxes'} of ${users.join(', ')}` : '', remote.length ? `forwarded to ${remote.length} address${remote.length === 1 ? '' : 'es'}` : '']
       .filter(Boolean)
       .join('; ');
-    return { status: 'delivered', code: 250, enhanced: '2.0.0', response: `250 2.0.0 delivered locally (${what})` };
+    return { status: 'delivered', code: 250, enhanced: '2.0.0', response: `250 2.0.0 delivered locally (${what})`, success: localSuccess(users.length, remote.length) };
   };
 }

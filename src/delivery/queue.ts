@@ -19,11 +19,16 @@
  * Scheduling data: every recipient has `nextAttempt` (epoch ms; null once it is final:
  * delivered or failed), `attempts`, `lastAttempt` and `lastError`. due() lists the entries
  * with a pending recipient whose nextAttempt has come.
+ *
+ * DSN requests (RFC 3461, dsn-params.ts) are part of the entry: `ret`/`envid` per message,
+ * `notify`/`orcpt` per recipient, all optional: entries written without them (older
+ * versions, or a sender who asked for nothing) mean the RFC defaults.
  */
 import { randomBytes } from 'node:crypto';
 import * as fsp from 'node:fs/promises';
 import path from 'node:path';
 import type { Logger } from '../log/logger.js';
+import { isNotifyList, isOrcpt, type DsnRet, type NotifyValue, type RecipientDsn, type SuccessAction } from './dsn-params.js';
 
 export type QueueRecipientStatus = 'pending' | 'delivered' | 'failed';
 
@@ -49,6 +54,14 @@ export interface QueueRecipient {
   bounced?: boolean;
   /** A pending recipient: the delay warning was queued (or none was due). */
   warned?: boolean;
+  /** RFC 3461 NOTIFY as the sender gave it; absent: the default (FAILURE, DELAY). */
+  notify?: NotifyValue[];
+  /** RFC 3461 ORCPT, decoded ("rfc822;address"). */
+  orcpt?: string;
+  /** A delivered recipient whose sender asked for a success report: what it says. */
+  successAction?: SuccessAction;
+  /** That success report was queued. */
+  successReported?: boolean;
 }
 
 /** Where a queued message came from. */
@@ -65,12 +78,25 @@ export interface QueueEntry {
   size: number;
   origin: QueueOrigin;
   recipients: QueueRecipient[];
+  /** RFC 3461 RET; absent: the default (FULL). */
+  ret?: DsnRet;
+  /** RFC 3461 ENVID, decoded. */
+  envid?: string;
+}
+
+/** A recipient with its DSN request (RFC 3461 NOTIFY, ORCPT). */
+export interface RecipientInput extends RecipientDsn {
+  address: string;
 }
 
 export interface EnqueueInput {
   from: string;
-  recipients: readonly string[];
+  /** Addresses, or addresses with their DSN request. */
+  recipients: ReadonlyArray<string | RecipientInput>;
   raw: Buffer;
+  /** RFC 3461 RET and ENVID of the message. */
+  ret?: DsnRet;
+  envid?: string;
   /** Queue id (16 to 32 upper-case hex digits); generated when absent. */
   id?: string;
   origin?: QueueOrigin;
@@ -159,7 +185,8 @@ export class OutboundQueue {
     if (input.recipients.length === 0) throw new QueueError('invalid', 'a queue entry needs at least one recipient');
     const now = Date.now();
     const recipients: QueueRecipient[] = [];
-    for (const address of input.recipients) {
+    for (const item of input.recipients) {
+      const { address, ...dsn } = typeof item === 'string' ? { address: item } : item;
       const at = address.lastIndexOf('@');
       if (at <= 0 || at === address.length - 1 || /[\s<>\x00-\x1f\x7f]/.test(address)) {
         throw new QueueError('invalid', `invalid recipient address "${address}"`);
@@ -167,7 +194,15 @@ export class OutboundQueue {
       const domain = address.slice(at + 1).toLowerCase().replace(/\.$/, '');
       const normalized = `${address.slice(0, at)}@${domain}`;
       if (recipients.some((r) => r.address.toLowerCase() === normalized.toLowerCase())) continue;
-      recipients.push({ address: normalized, domain, status: 'pending', attempts: 0, nextAttempt: input.notBefore ?? now });
+      recipients.push({
+        address: normalized,
+        domain,
+        status: 'pending',
+        attempts: 0,
+        nextAttempt: input.notBefore ?? now,
+        ...(dsn.notify ? { notify: [...dsn.notify] } : {}),
+        ...(dsn.orcpt !== undefined ? { orcpt: dsn.orcpt } : {}),
+      });
     }
     const entry: QueueEntry = {
       version: 1,
@@ -177,7 +212,10 @@ export class OutboundQueue {
       size: input.raw.length,
       origin: input.origin ?? 'submission',
       recipients,
+      ...(input.ret ? { ret: input.ret } : {}),
+      ...(input.envid !== undefined ? { envid: input.envid } : {}),
     };
+    validateEntry(entry);
 
     const work = path.join(this.tmpDir, `${id}.${randomBytes(4).toString('hex')}`);
     const final = path.join(this.entriesDir, id);
@@ -340,7 +378,12 @@ function validateEntry(e: QueueEntry): void {
     if (typeof r.attempts !== 'number' || r.attempts < 0) bad('recipient attempts');
     if (r.nextAttempt !== null && typeof r.nextAttempt !== 'number') bad('recipient nextAttempt');
     if (r.status !== 'pending' && r.nextAttempt !== null) bad(`a ${r.status} recipient has a nextAttempt`);
+    if (r.notify !== undefined && !isNotifyList(r.notify)) bad(`recipient NOTIFY ${JSON.stringify(r.notify)}`);
+    if (r.orcpt !== undefined && (typeof r.orcpt !== 'string' || !isOrcpt(r.orcpt))) bad(`recipient ORCPT ${JSON.stringify(r.orcpt)}`);
+    if (r.successAction !== undefined && !['delivered', 'relayed', 'expanded'].includes(r.successAction)) bad(`recipient successAction ${String(r.successAction)}`);
   }
+  if (e.ret !== undefined && e.ret !== 'FULL' && e.ret !== 'HDRS') bad(`RET ${String(e.ret)}`);
+  if (e.envid !== undefined && (typeof e.envid !== 'string' || !/^[\x20-\x7e]{1,100}$/.test(e.envid))) bad('ENVID');
 }
 
 async function writeDurably(file: string, data: Buffer): Promise<void> {

@@ -19,6 +19,13 @@
  *   the envelope sender (null sender `<>`, so a DSN is never answered by another one), and
  *   recipients waiting longer than `delayWarningMs` get one "delayed" DSN. Entries whose
  *   recipients are all done are removed.
+ * - DSN requests (RFC 3461, dsn-params.ts) are honoured per recipient: NOTIFY without
+ *   FAILURE (or NEVER) means no bounce, without DELAY no delay warning; with SUCCESS a
+ *   delivered recipient gets a success report ("delivered" for our own mailboxes,
+ *   "expanded" for an alias with several targets, "relayed" when the next hop does not
+ *   speak DSN). A next hop that advertises DSN gets NOTIFY/ORCPT/RET/ENVID passed on
+ *   instead, and reports from there on. A failure report returns the whole message unless
+ *   the sender asked for RET=HDRS or it is larger than `returnLimit`.
  * - Crash safety: nothing is marked "in delivery" on disk. An entry whose delivery was cut
  *   by a crash is still pending and due, and is delivered again at the next start (possibly
  *   a duplicate; never a loss). A DSN is queued before the failure is marked as reported.
@@ -28,7 +35,8 @@
 import type net from 'node:net';
 import { formatDuration } from '../config/duration.js';
 import type { Logger } from '../log/logger.js';
-import { buildDsn, dsnStatus, type DsnRecipient } from './dsn.js';
+import { wants, type OutboundDsn, type RecipientDsn, type SuccessAction } from './dsn-params.js';
+import { buildDsn, dsnStatus, type DsnAction, type DsnRecipient } from './dsn.js';
 import type { LocalDelivery } from './local.js';
 import { QueueError, type OutboundQueue, type QueueEntry, type QueueRecipient } from './queue.js';
 import type { NextHop, Resolution } from './resolver.js';
@@ -40,6 +48,8 @@ import { takeRequests, watchRequests, type WakeWatcher } from './wake.js';
 export const DEFAULT_RETRY_MS = [60_000, 300_000, 900_000, 1_800_000, 3_600_000, 7_200_000, 14_400_000];
 export const DEFAULT_MAX_AGE_MS = 5 * 86_400_000;
 export const DEFAULT_DELAY_WARNING_MS = 4 * 3_600_000;
+/** Largest message a bounce returns in full (bytes); larger ones come back as their header. */
+export const DEFAULT_RETURN_LIMIT = 1024 * 1024;
 
 /** Opens a stream to a next hop (normally through Tor's SOCKS port); resolves with a paused socket. */
 export type Connector = (hop: NextHop, domain: string) => Promise<net.Socket>;
@@ -59,6 +69,8 @@ export interface SchedulerOptions {
   maxAgeMs?: number;
   /** null: no delay warnings. */
   delayWarningMs?: number | null;
+  /** Largest message returned in full by a bounce, bytes (default 1 MiB). */
+  returnLimit?: number;
   /** Domains worked on at once (default 4). */
   concurrency?: number;
   /** Messages per connection before it is closed (default 100). */
@@ -93,6 +105,8 @@ interface Outcome {
   remoteMta?: string;
   /** RFC 3463 status when known (else derived from the response). */
   enhanced?: string;
+  /** Delivered: what a success report says (if one was asked for); null: none is ours to send. */
+  success?: SuccessAction | null;
 }
 
 interface WorkItem {
@@ -340,8 +354,9 @@ export class DeliveryScheduler {
       if (!raw) continue; // deleted meanwhile
       const outcomes = new Map<string, Outcome>();
       for (const address of item.recipients) {
-        const r = await this.options.deliverLocal(address, raw, item.entry.from, item.entry.id);
-        outcomes.set(address, { status: r.status, response: r.response, code: r.code, enhanced: r.enhanced });
+        const dsn = this.recipientDsn(item.entry, address);
+        const r = await this.options.deliverLocal(address, raw, item.entry.from, item.entry.id, { ...dsn, ret: item.entry.ret, envid: item.entry.envid });
+        outcomes.set(address, { status: r.status, response: r.response, code: r.code, enhanced: r.enhanced, success: r.success ?? null });
       }
       await this.record(item.entry, outcomes, domain, { local: true });
     }
@@ -431,7 +446,7 @@ export class DeliveryScheduler {
           const raw = await this.queue.readMessage(item.entry.id);
           if (!raw) continue;
           const t0 = this.now();
-          const result = await session.send({ from: item.entry.from, to: item.recipients }, raw);
+          const result = await session.send({ from: item.entry.from, to: item.recipients, dsn: this.outboundDsn(item.entry, item.recipients) }, raw);
           sent++;
           await this.record(item.entry, this.outcomesOf(result, host), domain, { ms: this.now() - t0, tls: result.tls, ...(sent === 1 ? { setupMs } : { reused: true }) });
         }
@@ -447,11 +462,32 @@ export class DeliveryScheduler {
     }
   }
 
+  private recipientDsn(entry: QueueEntry, address: string): RecipientDsn {
+    const r = entry.recipients.find((x) => x.address === address);
+    return { ...(r?.notify ? { notify: r.notify } : {}), ...(r?.orcpt ? { orcpt: r.orcpt } : {}) };
+  }
+
+  /** The DSN parameters of a transaction (sent only if the next hop advertises DSN). */
+  private outboundDsn(entry: QueueEntry, recipients: string[]): OutboundDsn {
+    return {
+      ...(entry.ret ? { ret: entry.ret } : {}),
+      ...(entry.envid !== undefined ? { envid: entry.envid } : {}),
+      recipients: new Map(recipients.map((a) => [a, this.recipientDsn(entry, a)])),
+    };
+  }
+
   private outcomesOf(result: SmtpTransactionResult, host: string): Map<string, Outcome> {
     return new Map(
       result.recipients.map((r) => [
         r.recipient,
-        { status: r.status, response: r.code !== undefined && !/^\d{3}/.test(r.response) ? `${r.code} ${r.response}` : r.response, code: r.code, remoteMta: r.code !== undefined ? host : undefined },
+        {
+          status: r.status,
+          response: r.code !== undefined && !/^\d{3}/.test(r.response) ? `${r.code} ${r.response}` : r.response,
+          code: r.code,
+          remoteMta: r.code !== undefined ? host : undefined,
+          // A next hop that speaks DSN got the request and reports from now on.
+          success: result.dsn ? null : 'relayed',
+        },
       ]),
     );
   }
@@ -502,6 +538,10 @@ export class DeliveryScheduler {
     if (o.status === 'delivered') {
       delete base.lastError;
       delete base.enhanced;
+      if (o.success && wants(r.notify, 'SUCCESS')) {
+        base.successAction = o.success;
+        base.successReported = false;
+      }
       return { ...base, status: 'delivered', nextAttempt: null };
     }
     base.lastError = o.response;
@@ -542,17 +582,31 @@ export class DeliveryScheduler {
           this.delayWarningMs === null
             ? []
             : entry.recipients.filter((r) => r.status === 'pending' && !r.warned && r.attempts > 0 && now - entry.createdAt >= this.delayWarningMs!);
-        if (failed.length > 0 || delayed.length > 0) {
-          if (entry.from !== '') await this.queueDsn(entry, failed, delayed, now);
-          else if (failed.length > 0) this.log.info({ id: entry.id, failed: failed.length }, 'no bounce for a message from the null sender');
-          const done = new Set([...failed, ...delayed].map((r) => r.address));
+        const succeeded = entry.recipients.filter((r) => r.status === 'delivered' && r.successAction && !r.successReported);
+        if (failed.length > 0 || delayed.length > 0 || succeeded.length > 0) {
+          // NOTIFY decides per recipient; what nobody asked for is only marked as done.
+          const report = {
+            failed: failed.filter((r) => wants(r.notify, 'FAILURE')),
+            delayed: delayed.filter((r) => wants(r.notify, 'DELAY')),
+            succeeded,
+          };
+          const unwanted = failed.length - report.failed.length;
+          if (unwanted > 0) this.log.info({ id: entry.id, failed: unwanted }, 'no bounce: the sender asked not to be notified of failures (NOTIFY)');
+          if (report.failed.length + report.delayed.length + report.succeeded.length > 0) {
+            if (entry.from !== '') await this.queueDsn(entry, report, now);
+            else if (report.failed.length > 0) this.log.info({ id: entry.id, failed: report.failed.length }, 'no bounce for a message from the null sender');
+          }
+          const done = new Set([...failed, ...delayed, ...succeeded].map((r) => r.address));
           entry = await this.queue.update(entry.id, (cur) => ({
-            recipients: cur.recipients.map((r) =>
-              !done.has(r.address) ? r : r.status === 'failed' ? { ...r, bounced: true } : r.status === 'pending' ? { ...r, warned: true } : r,
-            ),
+            recipients: cur.recipients.map((r) => {
+              if (!done.has(r.address)) return r;
+              if (r.status === 'failed') return { ...r, bounced: true };
+              if (r.status === 'pending') return { ...r, warned: true };
+              return r.successAction ? { ...r, successReported: true } : r;
+            }),
           }));
         }
-        if (entry.recipients.every((r) => r.status === 'delivered' || (r.status === 'failed' && r.bounced))) {
+        if (entry.recipients.every((r) => (r.status === 'delivered' && (!r.successAction || r.successReported)) || (r.status === 'failed' && r.bounced))) {
           await this.queue.remove(entry.id);
           const delivered = entry.recipients.filter((r) => r.status === 'delivered').length;
           this.log.info({ id: entry.id, delivered, failed: entry.recipients.length - delivered, ageMs: now - entry.createdAt }, 'removed from the queue: done');
@@ -567,15 +621,25 @@ export class DeliveryScheduler {
     return out;
   }
 
-  private async queueDsn(entry: QueueEntry, failed: QueueRecipient[], delayed: QueueRecipient[], now: number): Promise<void> {
+  private async queueDsn(
+    entry: QueueEntry,
+    report: { failed: QueueRecipient[]; delayed: QueueRecipient[]; succeeded: QueueRecipient[] },
+    now: number,
+  ): Promise<void> {
+    const { failed, delayed, succeeded } = report;
     const raw = await this.queue.readMessage(entry.id);
     const header = raw ? raw.subarray(0, headerEnd(raw)) : Buffer.alloc(0);
-    const toDsn = (r: QueueRecipient, action: 'failed' | 'delayed'): DsnRecipient => ({
+    // RFC 3461 4.3: RET applies to failure reports; others carry the header only.
+    const returnFull = failed.length > 0 && entry.ret !== 'HDRS' && raw !== null && raw.length <= (this.options.returnLimit ?? DEFAULT_RETURN_LIMIT);
+    const toDsn = (r: QueueRecipient, action: DsnAction): DsnRecipient => ({
       address: r.address,
+      ...(r.orcpt ? { originalRecipient: r.orcpt } : {}),
       action,
-      status: r.enhanced ?? (action === 'failed' ? '5.0.0' : '4.0.0'),
-      ...(r.remoteMta && r.lastCode !== undefined ? { remoteMta: r.remoteMta } : {}),
-      ...(r.lastError ? { diagnostic: { type: r.lastCode !== undefined && !r.lastError.startsWith('delivery time expired') ? 'smtp' : 'X-Onionpost', text: r.lastError } as const } : {}),
+      status: action === 'failed' || action === 'delayed' ? (r.enhanced ?? (action === 'failed' ? '5.0.0' : '4.0.0')) : '2.0.0',
+      ...(r.remoteMta && (r.lastCode !== undefined || action === 'relayed') ? { remoteMta: r.remoteMta } : {}),
+      ...(r.lastError && r.status !== 'delivered'
+        ? { diagnostic: { type: r.lastCode !== undefined && !r.lastError.startsWith('delivery time expired') ? 'smtp' : 'X-Onionpost', text: r.lastError } as const }
+        : {}),
       ...(r.lastAttempt ? { lastAttempt: r.lastAttempt } : {}),
       ...(action === 'delayed' ? { willRetryUntil: entry.createdAt + this.maxAgeMs } : {}),
     });
@@ -584,18 +648,21 @@ export class DeliveryScheduler {
       queueId: entry.id,
       arrivalDate: entry.createdAt,
       sender: entry.from,
-      recipients: [...failed.map((r) => toDsn(r, 'failed')), ...delayed.map((r) => toDsn(r, 'delayed'))],
+      recipients: [...failed.map((r) => toDsn(r, 'failed')), ...delayed.map((r) => toDsn(r, 'delayed')), ...succeeded.map((r) => toDsn(r, r.successAction!))],
       originalHeader: header,
+      ...(returnFull ? { originalMessage: raw } : {}),
+      ...(entry.envid !== undefined ? { envid: entry.envid } : {}),
       now: new Date(now),
     });
+    const kind = failed.length > 0 ? 'bounce queued' : delayed.length > 0 ? 'delay warning queued' : 'success report queued';
     try {
       const queued = await this.queue.enqueue({ from: '', recipients: [entry.from], raw: dsn, origin: 'local' });
-      this.log.info({ id: entry.id, dsn: queued.id, to: entry.from, failed: failed.length, delayed: delayed.length }, failed.length > 0 ? 'bounce queued' : 'delay warning queued');
+      this.log.info({ id: entry.id, dsn: queued.id, to: entry.from, failed: failed.length, delayed: delayed.length, succeeded: succeeded.length }, kind);
       this.rescan = true;
     } catch (err) {
       if (err instanceof QueueError && err.code === 'invalid') {
         // A sender address the queue cannot take: nobody to tell.
-        this.log.warn({ id: entry.id, err: err.message }, 'no bounce: the sender address is not usable');
+        this.log.warn({ id: entry.id, err: err.message }, 'no report: the sender address is not usable');
         return;
       }
       throw err;

@@ -10,6 +10,9 @@
  *   ended with the reply to the message data, the next MAIL starts a new one (RFC 5321 4.1.4);
  *   after one that failed half-way (MAIL, RCPT or DATA refused) an RSET comes first.
  * - `runSmtpTransaction`: one session, one message, QUIT.
+ * - DSN (RFC 3461): a transaction may carry the sender's DSN request; when the server
+ *   advertises DSN, RET/ENVID go with MAIL FROM and NOTIFY/ORCPT with each RCPT TO
+ *   (smtp-dsn.ts), and the result says so (`dsn`): that server reports from then on.
  *
  * Never throws for what the server or the network does: the result says, per recipient, whether
  * the message was delivered, failed temporarily (retry) or permanently (bounce).
@@ -17,6 +20,8 @@
 import type net from 'node:net';
 import type { Readable } from 'node:stream';
 import SMTPConnection from 'nodemailer/lib/smtp-connection';
+import type { OutboundDsn } from './dsn-params.js';
+import { installDsn, type DsnControl } from './smtp-dsn.js';
 
 export type RecipientStatus = 'delivered' | 'temporary' | 'permanent';
 
@@ -35,12 +40,21 @@ export interface SmtpTransactionResult {
   tls: boolean;
   /** Where a failure that hit every recipient happened (CONN, EHLO, STARTTLS, MAIL FROM, RCPT TO, DATA...). */
   failedAt?: string;
+  /** The server advertised DSN: the transaction's DSN parameters were passed on. */
+  dsn?: boolean;
+}
+
+export interface SmtpEnvelope {
+  from: string;
+  to: string[];
+  /** The sender's DSN request, passed on if the server advertises DSN. */
+  dsn?: OutboundDsn;
 }
 
 export type StartTlsMode = 'opportunistic' | 'required' | 'none';
 
 export interface SmtpTransactionOptions extends SmtpSessionOptions {
-  envelope: { from: string; to: string[] };
+  envelope: SmtpEnvelope;
   /** The raw message (RFC 5322), already with our headers. */
   message: Buffer | string | Readable;
 }
@@ -106,7 +120,7 @@ export async function openSmtpSession(options: SmtpSessionOptions): Promise<Sess
     logger: false,
     debug: false,
   });
-  const session = new SmtpSession(conn);
+  const session = new SmtpSession(conn, installDsn(conn));
   try {
     // Setup failures (greeting timeout, 5xx greeting, hang-up) come as 'error'/'end' events.
     await new Promise<void>((resolve, reject) => {
@@ -163,7 +177,10 @@ export class SmtpSession {
   /** Transactions started on this session. */
   transactions = 0;
 
-  constructor(private readonly conn: SMTPConnection) {
+  constructor(
+    private readonly conn: SMTPConnection,
+    private readonly dsn: DsnControl,
+  ) {
     // Errors also arrive through the callbacks; without a listener an 'error' event would throw.
     conn.on('error', (err: SmtpError) => {
       this.lastError = err;
@@ -185,7 +202,7 @@ export class SmtpSession {
   }
 
   /** One transaction: MAIL FROM, RCPT TO per recipient, DATA. Never throws for server or network failures. */
-  async send(envelope: { from: string; to: string[] }, message: Buffer | string | Readable): Promise<SmtpTransactionResult> {
+  async send(envelope: SmtpEnvelope, message: Buffer | string | Readable): Promise<SmtpTransactionResult> {
     if (envelope.to.length === 0) throw new Error('runSmtpTransaction: no recipients');
     if (this.busy) throw new Error('SmtpSession.send: a transaction is already running');
     this.busy = true;
@@ -196,7 +213,7 @@ export class SmtpSession {
     }
   }
 
-  private async transaction(envelope: { from: string; to: string[] }, message: Buffer | string | Readable): Promise<SmtpTransactionResult> {
+  private async transaction(envelope: SmtpEnvelope, message: Buffer | string | Readable): Promise<SmtpTransactionResult> {
     const conn = this.conn;
     if (!this.alive) {
       const err = this.lastError ?? Object.assign(new Error('the connection is closed'), { code: 'ECONNECTION' });
@@ -215,10 +232,11 @@ export class SmtpSession {
     }
     this.transactions++;
     this.dirty = true;
+    const mailDsn = this.dsn.use(envelope.dsn ?? null);
     let info: { accepted: string[]; rejected: string[]; rejectedErrors?: SmtpError[]; response: string };
     try {
       info = await new Promise((resolve, reject) =>
-        conn.send({ from: envelope.from, to: envelope.to }, message, (err: SmtpError | null, result?: unknown) =>
+        conn.send({ from: envelope.from, to: envelope.to, ...(mailDsn ? { dsn: mailDsn } : {}) }, message, (err: SmtpError | null, result?: unknown) =>
           err ? reject(err) : resolve(result as typeof info),
         ),
       );
@@ -253,6 +271,7 @@ export class SmtpSession {
         return { recipient, status: 'temporary', response: this.lastError ? describe(this.lastError) : 'no reply for this recipient' };
       }),
       tls: conn.secure,
+      dsn: this.dsn.supported,
     };
   }
 

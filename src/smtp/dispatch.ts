@@ -7,11 +7,20 @@
  * If one part failed, SMTP cannot report per recipient after DATA (that is LMTP): the
  * answer is 451 and the sender retries the whole message, and those who already got it get
  * a duplicate. A duplicate is preferable to a lost message or a bounce for a temporary fault.
+ *
+ * Once everything is stored, recipients whose sender asked for it (RFC 3461 NOTIFY=SUCCESS)
+ * and whose delivery ends here get a success report (RFC 3464, "delivered" or "expanded"),
+ * queued to the envelope sender from the null sender; never for a message from the null
+ * sender. A report that cannot be queued is logged: the message itself is delivered.
  */
-import type { EnqueueInput, QueueOrigin } from '../delivery/queue.js';
+import type { MessageDsn } from '../delivery/dsn-params.js';
+import { buildDsn } from '../delivery/dsn.js';
+import type { EnqueueInput, QueueOrigin, RecipientInput } from '../delivery/queue.js';
 import type { Logger } from '../log/logger.js';
 import type { MailStore } from '../store/types.js';
+import { headerLength } from './message.js';
 import { smtpError } from './onion-smtp-server.js';
+import type { SuccessReport } from './transaction-plan.js';
 
 /** The part of the outbound queue SMTP uses (OutboundQueue satisfies it). */
 export interface MessageQueue {
@@ -19,6 +28,8 @@ export interface MessageQueue {
 }
 
 export interface DispatcherOptions {
+  /** Our primary domain: Reporting-MTA and MAILER-DAEMON@ of success reports. */
+  domain: string;
   store: MailStore;
   /** Called before each append for a local user (e.g. create their mailboxes once). */
   prepareRecipient?: (user: string) => Promise<void>;
@@ -35,10 +46,14 @@ export interface Dispatch {
   from: string;
   /** Distinct local users. */
   users: string[];
-  /** Remote addresses, for the queue. */
-  remote: string[];
+  /** Remote addresses (with their DSN requests), for the queue. */
+  remote: RecipientInput[];
   raw: Buffer;
   origin: QueueOrigin;
+  /** RET and ENVID of the transaction (RFC 3461). */
+  dsn?: MessageDsn;
+  /** Recipients to report as delivered once everything is stored. */
+  successes?: SuccessReport[];
 }
 
 function hasCode(err: unknown, code: string): boolean {
@@ -62,6 +77,36 @@ export function createDispatcher(options: DispatcherOptions): Dispatcher {
     }
   }
 
+  /** Queues the success report of a dispatched message (RFC 3461 NOTIFY=SUCCESS), if one is due. */
+  async function reportSuccess(d: Dispatch): Promise<void> {
+    const successes = d.successes ?? [];
+    if (successes.length === 0) return;
+    if (d.from === '') {
+      log.info({ cid: d.cid, id: d.id }, 'no success report for a message from the null sender');
+      return;
+    }
+    if (!queue) {
+      log.warn({ cid: d.cid, id: d.id }, 'no success report: no outbound queue');
+      return;
+    }
+    const now = Date.now();
+    try {
+      const report = buildDsn({
+        reportingDomain: options.domain.toLowerCase(),
+        queueId: d.id,
+        arrivalDate: now,
+        sender: d.from,
+        recipients: successes.map((s) => ({ address: s.address, ...(s.orcpt ? { originalRecipient: s.orcpt } : {}), action: s.action, status: '2.0.0', lastAttempt: now })),
+        originalHeader: d.raw.subarray(0, headerLength(d.raw)),
+        ...(d.dsn?.envid !== undefined ? { envid: d.dsn.envid } : {}),
+      });
+      const entry = (await queue.enqueue({ from: '', recipients: [d.from], raw: report, origin: 'local' })) as { id?: string } | undefined;
+      log.info({ cid: d.cid, id: d.id, dsn: entry?.id, recipients: successes.length }, 'success report queued');
+    } catch (err) {
+      log.error({ cid: d.cid, id: d.id, err }, 'success report could not be queued (the message is delivered)');
+    }
+  }
+
   return async function dispatch(d: Dispatch): Promise<void> {
     const jobs: Array<{ what: string; run: () => Promise<unknown> }> = d.users.map((user) => ({ what: 'local', run: () => appendToInbox(user, d.raw) }));
     if (d.remote.length > 0) {
@@ -69,11 +114,14 @@ export function createDispatcher(options: DispatcherOptions): Dispatcher {
         log.error({ cid: d.cid, id: d.id }, 'remote recipients but no outbound queue');
         throw smtpError(451, '4.3.0', 'Error: outbound queue unavailable, try again later');
       }
-      jobs.push({ what: 'queue', run: () => queue.enqueue({ id: d.id, from: d.from, recipients: d.remote, raw: d.raw, origin: d.origin }) });
+      jobs.push({ what: 'queue', run: () => queue.enqueue({ id: d.id, from: d.from, recipients: d.remote, raw: d.raw, origin: d.origin, ...d.dsn }) });
     }
     const results = await Promise.allSettled(jobs.map((j) => j.run()));
     const failed = results.flatMap((r, i) => (r.status === 'rejected' ? [{ what: jobs[i]!.what, err: r.reason as unknown }] : []));
-    if (failed.length === 0) return;
+    if (failed.length === 0) {
+      await reportSuccess(d);
+      return;
+    }
     for (const { what, err } of failed) {
       log.error({ cid: d.cid, id: d.id, err }, what === 'queue' ? 'queueing failed' : 'local delivery failed');
     }

@@ -20,26 +20,25 @@
  *   prepended and one copy is appended to the INBOX of every distinct local user, and one
  *   queue entry is written for the remote recipients (dispatch.ts). 250 only after all of
  *   that is on disk.
+ * - DSN (RFC 3461) is advertised and honoured: RET/ENVID on MAIL, NOTIFY/ORCPT on RCPT
+ *   (checked by dsn-extension.ts: 501 5.5.4 for bad values) go into the queue entry with
+ *   the remote recipients, and local deliveries a sender asked about (NOTIFY=SUCCESS) get
+ *   a success report (dispatch.ts).
  */
 import type { SMTPServerAddress, SMTPServerEnvelope, SMTPServerSession } from 'smtp-server';
 import { newQueueId } from '../delivery/queue.js';
 import type { Logger } from '../log/logger.js';
 import type { MailStore } from '../store/types.js';
 import { createDispatcher, type MessageQueue } from './dispatch.js';
+import { checkDsnParams, messageDsnOf } from './dsn-extension.js';
 import { dataHandler } from './message.js';
 import { OnionSmtpServer, smtpError, smtpListener, type SmtpListener } from './onion-smtp-server.js';
 import type { RelayPolicy } from './policy.js';
 import { buildReceivedHeader, receivedProtocol } from './received-header.js';
+import { planTransaction, type Targets } from './transaction-plan.js';
 import type { ResolveRecipient, TlsMaterial } from './types.js';
 
 export type { RecipientResolution, ResolveRecipient, TlsMaterial } from './types.js';
-
-/** Where one accepted RCPT goes. */
-interface Targets {
-  users: string[];
-  remote: string[];
-  relayed: boolean;
-}
 
 export interface InboundSmtpOptions {
   /** Primary domain: banner, EHLO name, "by" clause of the Received header. */
@@ -78,7 +77,7 @@ export function createInboundSmtpServer(options: InboundSmtpOptions): InboundSmt
   const { domain, resolveRecipient, maxMessageSize, maxRecipients, relay, queue } = options;
   const log = options.logger.child({ component: 'smtp-inbound' });
   const primary = domain.toLowerCase();
-  const dispatch = createDispatcher({ store: options.store, prepareRecipient: options.prepareRecipient, queue, logger: log });
+  const dispatch = createDispatcher({ domain: primary, store: options.store, prepareRecipient: options.prepareRecipient, queue, logger: log });
 
   // Where each accepted RCPT goes, keyed by smtp-server's address object (the same object
   // ends up in session.envelope.rcptTo), so DATA does not resolve a second time.
@@ -143,20 +142,13 @@ export function createInboundSmtpServer(options: InboundSmtpOptions): InboundSmt
 
   async function deliver(session: SMTPServerSession, chunks: Buffer[], size: number): Promise<string> {
     const rcptTo = session.envelope.rcptTo;
-    const users: string[] = [];
-    const remote: string[] = [];
-    let relayed = false;
-    for (const rcpt of rcptTo) {
-      const targets = recipientTargets.get(rcpt);
-      if (targets === undefined) {
-        // Cannot happen unless smtp-server changes how it keeps RCPT objects; fail safe.
-        log.error({ cid: session.id }, 'accepted recipient without a resolved target');
-        throw smtpError(451, '4.3.0', 'Error: local error in processing, try again later');
-      }
-      for (const u of targets.users) if (!users.includes(u)) users.push(u);
-      for (const r of targets.remote) if (!remote.some((x) => x.toLowerCase() === r.toLowerCase())) remote.push(r);
-      relayed ||= targets.relayed;
+    const plan = planTransaction(rcptTo, (rcpt) => recipientTargets.get(rcpt));
+    if (plan === null) {
+      // Cannot happen unless smtp-server changes how it keeps RCPT objects; fail safe.
+      log.error({ cid: session.id }, 'accepted recipient without a resolved target');
+      throw smtpError(451, '4.3.0', 'Error: local error in processing, try again later');
     }
+    const { users, remote, relayed, successes } = plan;
 
     const id = newQueueId();
     const header = buildReceivedHeader({
@@ -172,38 +164,43 @@ export function createInboundSmtpServer(options: InboundSmtpOptions): InboundSmt
     chunks.length = 0;
 
     const from = session.envelope.mailFrom ? session.envelope.mailFrom.address : '';
-    await dispatch({ cid: session.id, id, from, users, remote, raw, origin: relayed ? 'relay' : 'forward' });
+    const dsn = messageDsnOf(session.envelope.mailFrom);
+    await dispatch({ cid: session.id, id, from, users, remote, raw, origin: relayed ? 'relay' : 'forward', dsn, successes });
     log.info({ cid: session.id, id, size, recipients: rcptTo.length, users: users.length, remote: remote.length, protocol: session.transmissionType }, 'message accepted');
     return `2.0.0 Ok: queued as ${id}`;
   }
 
   const onData = dataHandler(maxMessageSize, deliver, log);
 
-  const server = new OnionSmtpServer({
-    name: primary,
-    heloResponse: '%s',
-    size: maxMessageSize,
-    rejectOversized: true,
-    maxRecipients,
-    maxClients: options.maxClients ?? 100,
-    socketTimeout: options.socketTimeoutMs ?? 5 * 60 * 1000,
-    closeTimeout: options.closeTimeoutMs ?? 10 * 1000,
-    maxCommandLength: options.maxCommandLength ?? 4096,
-    disableReverseLookup: true,
-    authOptional: true,
-    disabledCommands: options.tls ? ['AUTH'] : ['AUTH', 'STARTTLS'],
-    hideSTARTTLS: false,
-    hideENHANCEDSTATUSCODES: false,
-    logger: false,
-    ...(options.tls ? { key: options.tls.key, cert: options.tls.cert, minVersion: 'TLSv1.2' as const } : {}),
-    onRcptTo(address, session, callback) {
-      onRcptTo(address, session).then(
-        () => callback(),
-        (err: Error) => callback(err),
-      );
+  const server = new OnionSmtpServer(
+    {
+      name: primary,
+      heloResponse: '%s',
+      size: maxMessageSize,
+      rejectOversized: true,
+      maxRecipients,
+      maxClients: options.maxClients ?? 100,
+      socketTimeout: options.socketTimeoutMs ?? 5 * 60 * 1000,
+      closeTimeout: options.closeTimeoutMs ?? 10 * 1000,
+      maxCommandLength: options.maxCommandLength ?? 4096,
+      disableReverseLookup: true,
+      authOptional: true,
+      disabledCommands: options.tls ? ['AUTH'] : ['AUTH', 'STARTTLS'],
+      hideSTARTTLS: false,
+      hideENHANCEDSTATUSCODES: false,
+      hideDSN: false,
+      logger: false,
+      ...(options.tls ? { key: options.tls.key, cert: options.tls.cert, minVersion: 'TLSv1.2' as const } : {}),
+      onRcptTo(address, session, callback) {
+        onRcptTo(address, session).then(
+          () => callback(),
+          (err: Error) => callback(err),
+        );
+      },
+      onData,
     },
-    onData,
-  });
+    { checkParams: checkDsnParams },
+  );
 
   return smtpListener(server, log);
 }

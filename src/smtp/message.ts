@@ -1,6 +1,6 @@
 /**
  * Message helpers shared by the SMTP listeners: collecting DATA with the size and NUL
- * checks, and reading/adding header fields without touching the rest of the bytes.
+ * checks, and reading/adding/removing header fields without touching the rest of the bytes.
  */
 import { randomBytes } from 'node:crypto';
 import type { SMTPServerDataStream, SMTPServerSession } from 'smtp-server';
@@ -119,6 +119,43 @@ export function parseHeader(raw: Buffer): HeaderField[] {
 export function fieldsNamed(fields: HeaderField[], name: string): HeaderField[] {
   const n = name.toLowerCase();
   return fields.filter((f) => f.name.toLowerCase() === n);
+}
+
+/** Fields that name blind recipients (RFC 5322 3.6.3, 3.6.6): never sent on. */
+export const BLIND_COPY_FIELDS: readonly string[] = ['Bcc', 'Resent-Bcc'];
+
+/**
+ * The message without the header fields of these names (case-insensitive), each with its
+ * continuation lines. Every other byte stays as it was (line ends included; the body is not
+ * looked at); without such a field the same buffer is returned.
+ */
+export function withoutFields(raw: Buffer, names: readonly string[]): Buffer {
+  const doomed = new Set(names.map((n) => n.toLowerCase()));
+  const end = headerLength(raw);
+  const kept: Buffer[] = [];
+  let removed = false;
+  let dropping = false;
+  let keptFrom = 0;
+  for (let start = 0; start < end; ) {
+    const lf = raw.indexOf(0x0a, start);
+    const next = lf < 0 || lf >= end ? end : lf + 1;
+    const first = raw[start];
+    const blank = first === 0x0a || (first === 0x0d && raw[start + 1] === 0x0a);
+    const continuation = !blank && (first === 0x20 || first === 0x09);
+    if (!continuation) {
+      const colon = blank ? -1 : raw.indexOf(0x3a, start);
+      const name = colon > start && colon < next ? raw.subarray(start, colon).toString('latin1').trimEnd().toLowerCase() : null;
+      const drop = name !== null && doomed.has(name);
+      if (drop && !dropping) kept.push(raw.subarray(keptFrom, start));
+      if (!drop && dropping) keptFrom = start;
+      dropping = drop;
+      removed ||= drop;
+    }
+    start = next;
+  }
+  if (!removed) return raw;
+  kept.push(raw.subarray(dropping ? end : keptFrom));
+  return Buffer.concat(kept);
 }
 
 /** A new Message-ID: `<random@domain>` (random only: no time stamp, no host name). */

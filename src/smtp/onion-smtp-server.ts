@@ -48,6 +48,11 @@ export function smtpError(code: number, enhanced: string, text: string): Error &
 export interface OnionSmtpHooks {
   /** Whether AUTH may be used on this connection now; absent: smtp-server's own rules. */
   authAllowed?: (session: SMTPServerSession) => boolean;
+  /**
+   * Checks the raw MAIL / RCPT command line before smtp-server parses it (and decodes its
+   * parameters); a string is the reply text ("5.5.4 ...") of a 501 refusal.
+   */
+  checkParams?: (verb: 'MAIL' | 'RCPT', line: string) => string | null;
 }
 
 export class OnionSmtpServer extends SMTPServer {
@@ -88,7 +93,25 @@ export class OnionSmtpServer extends SMTPServer {
 }
 
 function adjustConnection(connection: Connection, hooks: OnionSmtpHooks): void {
-  const { authAllowed } = hooks;
+  const { authAllowed, checkParams } = hooks;
+  if (checkParams) {
+    // The handlers run after smtp-server's own state checks (EHLO, AUTH, ...), with the line as sent.
+    const mail = connection.handler_MAIL.bind(connection);
+    const rcpt = connection.handler_RCPT.bind(connection);
+    const checked =
+      (verb: 'MAIL' | 'RCPT', handler: (command: Buffer, callback: () => void) => void) =>
+      (command: Buffer, callback: () => void): void => {
+        const refusal = checkParams(verb, command.toString('utf8'));
+        if (refusal === null) {
+          handler(command, callback);
+          return;
+        }
+        connection.send(501, refusal);
+        callback();
+      };
+    connection.handler_MAIL = checked('MAIL', mail);
+    connection.handler_RCPT = checked('RCPT', rcpt);
+  }
   const send = connection.send.bind(connection);
   connection.send = (code, data, context) => {
     if (authAllowed && code === 250 && Array.isArray(data) && !authAllowed(connection.session)) {

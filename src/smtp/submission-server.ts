@@ -29,6 +29,11 @@
  *   (`from unknown ... with ESMTPSA`: the client's EHLO name is not recorded, it is often the
  *   user's machine name; no IP, no user name) and the same durable path as port 25: 250 only
  *   after every local copy and the queue entry are fsync'd.
+ * - Bcc (and Resent-Bcc) fields are removed, with their continuation lines, before anything
+ *   is stored or queued: no recipient, local or remote, sees who else got a blind copy. The
+ *   rest of the message is kept byte for byte.
+ * - DSN (RFC 3461) as on port 25 (RET/ENVID, NOTIFY/ORCPT, success reports for local
+ *   deliveries); the queue passes the request on or reports for remote recipients.
  */
 import type { SMTPServerAddress, SMTPServerAuthentication, SMTPServerAuthenticationResponse, SMTPServerSession } from 'smtp-server';
 import { newQueueId } from '../delivery/queue.js';
@@ -37,10 +42,12 @@ import type { MailStore } from '../store/types.js';
 import { parseAddressList } from './address-header.js';
 import { AuthThrottle } from './auth-throttle.js';
 import { createDispatcher, type MessageQueue } from './dispatch.js';
-import { dataHandler, fieldsNamed, newMessageId, parseHeader } from './message.js';
+import { checkDsnParams, messageDsnOf } from './dsn-extension.js';
+import { BLIND_COPY_FIELDS, dataHandler, fieldsNamed, newMessageId, parseHeader, withoutFields } from './message.js';
 import { OnionSmtpServer, smtpError, smtpListener, type SmtpListener } from './onion-smtp-server.js';
 import type { RelayPolicy } from './policy.js';
 import { buildReceivedHeader, receivedProtocol, rfc5322Date } from './received-header.js';
+import { planTransaction, type Targets } from './transaction-plan.js';
 import type { ResolveRecipient, TlsMaterial } from './types.js';
 
 export interface SubmissionOptions {
@@ -76,11 +83,6 @@ export interface SubmissionOptions {
 
 export type SubmissionServer = SmtpListener;
 
-interface Targets {
-  users: string[];
-  remote: string[];
-}
-
 export function isLoopback(address: string | undefined): boolean {
   if (!address) return false;
   const a = address.toLowerCase();
@@ -94,7 +96,7 @@ export function createSubmissionServer(options: SubmissionOptions): SubmissionSe
   const throttle = options.throttle ?? new AuthThrottle();
   const allowPlaintextLoopback = options.allowPlaintextLoopback ?? true;
   const maxAuthFailures = options.maxAuthFailures ?? 3;
-  const dispatch = createDispatcher({ store: options.store, prepareRecipient: options.prepareRecipient, queue: options.queue, logger: log });
+  const dispatch = createDispatcher({ domain: primary, store: options.store, prepareRecipient: options.prepareRecipient, queue: options.queue, logger: log });
 
   const recipientTargets = new WeakMap<SMTPServerAddress, Targets>();
   /** Failed AUTH attempts per connection (keyed by session id). */
@@ -213,22 +215,18 @@ export function createSubmissionServer(options: SubmissionOptions): SubmissionSe
 
   async function deliver(session: SMTPServerSession, chunks: Buffer[], size: number): Promise<string> {
     const user = session.user as string;
-    const message = Buffer.concat(chunks, size);
+    const sent = Buffer.concat(chunks, size);
     chunks.length = 0;
-    const added = await checkHeader(user, message, session);
+    const added = await checkHeader(user, sent, session);
+    const message = withoutFields(sent, BLIND_COPY_FIELDS);
 
     const rcptTo = session.envelope.rcptTo;
-    const users: string[] = [];
-    const remote: string[] = [];
-    for (const rcpt of rcptTo) {
-      const targets = recipientTargets.get(rcpt);
-      if (!targets) {
-        log.error({ cid: session.id }, 'accepted recipient without a resolved target');
-        throw smtpError(451, '4.3.0', 'Error: local error in processing, try again later');
-      }
-      for (const u of targets.users) if (!users.includes(u)) users.push(u);
-      for (const r of targets.remote) if (!remote.some((x) => x.toLowerCase() === r.toLowerCase())) remote.push(r);
+    const plan = planTransaction(rcptTo, (rcpt) => recipientTargets.get(rcpt));
+    if (plan === null) {
+      log.error({ cid: session.id }, 'accepted recipient without a resolved target');
+      throw smtpError(451, '4.3.0', 'Error: local error in processing, try again later');
     }
+    const { users, remote, successes } = plan;
 
     const id = newQueueId();
     const received = buildReceivedHeader({
@@ -241,8 +239,12 @@ export function createSubmissionServer(options: SubmissionOptions): SubmissionSe
     const prefix = Buffer.from(received + added, 'utf8');
     const raw = Buffer.concat([prefix, message], prefix.length + message.length);
     const from = session.envelope.mailFrom ? session.envelope.mailFrom.address : '';
-    await dispatch({ cid: session.id, id, from, users, remote, raw, origin: 'submission' });
-    log.info({ cid: session.id, id, user, size, recipients: rcptTo.length, users: users.length, remote: remote.length }, 'message submitted');
+    const dsn = messageDsnOf(session.envelope.mailFrom);
+    await dispatch({ cid: session.id, id, from, users, remote, raw, origin: 'submission', dsn, successes });
+    log.info(
+      { cid: session.id, id, user, size, recipients: rcptTo.length, users: users.length, remote: remote.length, ...(message !== sent ? { bccRemoved: true } : {}) },
+      'message submitted',
+    );
     return `2.0.0 Ok: queued as ${id}`;
   }
 
@@ -274,6 +276,7 @@ export function createSubmissionServer(options: SubmissionOptions): SubmissionSe
       disabledCommands: options.implicitTls ? ['STARTTLS'] : [],
       hideSTARTTLS: false,
       hideENHANCEDSTATUSCODES: false,
+      hideDSN: false,
       logger: false,
       onAuth(auth, session, callback) {
         onAuth(auth, session).then(
@@ -298,7 +301,7 @@ export function createSubmissionServer(options: SubmissionOptions): SubmissionSe
         authFailures.delete(session.id);
       },
     },
-    { authAllowed },
+    { authAllowed, checkParams: checkDsnParams },
   );
 
   return smtpListener(server, log);

@@ -78,7 +78,9 @@ export function parseDsn(raw: Buffer | string): {
   top: MimePart;
   human: MimePart;
   status: MimePart;
+  /** The third part: the original header (text/rfc822-headers) or message (message/rfc822). */
   headers: MimePart;
+  returned: 'headers' | 'message';
   perMessage: Record<string, string>;
   recipients: Array<Record<string, string>>;
 } {
@@ -92,7 +94,8 @@ export function parseDsn(raw: Buffer | string): {
   const [human, status, headers] = parts as [MimePart, MimePart, MimePart];
   if (!/^text\/plain/i.test(human.header('content-type') ?? '')) throw new Error('first part is not text/plain');
   if (!/^message\/delivery-status/i.test(status.header('content-type') ?? '')) throw new Error('second part is not message/delivery-status');
-  if (!/^text\/rfc822-headers/i.test(headers.header('content-type') ?? '')) throw new Error('third part is not text/rfc822-headers');
+  const third = headers.header('content-type') ?? '';
+  if (!/^(text\/rfc822-headers|message\/rfc822)\s*(;|$)/i.test(third)) throw new Error(`third part is not text/rfc822-headers or message/rfc822: ${third}`);
   const [perMessage, ...recipients] = deliveryStatusBlocks(status.body);
-  return { top, human, status, headers, perMessage: perMessage ?? {}, recipients };
+  return { top, human, status, headers, returned: /^message/i.test(third) ? 'message' : 'headers', perMessage: perMessage ?? {}, recipients };
 }
