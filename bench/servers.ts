@@ -2,16 +2,10 @@
  * The servers under test: the real onionpost daemon in its own process (so its memory can
  * be measured alone), and Dovecot through the test helper.
  */
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
-import { mkdir, writeFile } from 'node:fs/promises';
-import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { freePort } from '../test/helpers/ports.js';
-
-/** Project root (dist/bench -> root). */
-export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
-const BIN = path.join(ROOT, 'bin', 'onionpost.js');
+import { spawnBenchDaemon } from './lib/onionpost-daemon.js';
 
 export interface Onionpost {
   pid: number;
@@ -25,45 +19,16 @@ export interface Onionpost {
  * `usersFile`, Maildirs `dir/data/mail/%u`); only SMTP and plain IMAP listen.
  */
 export async function startOnionpost(dir: string, usersFile: string, options: { cpuProfDir?: string } = {}): Promise<Onionpost> {
-  await mkdir(dir, { recursive: true });
   const imapPort = await freePort();
   const smtpPort = await freePort();
-  const configFile = path.join(dir, 'onionpost.toml');
-  await writeFile(
-    configFile,
-    [
-      'data_dir = "data"',
-      'domain = "localhost"',
-      '[smtp]',
-      `port = ${smtpPort}`,
-      '[submission]',
-      'port = 0',
-      'tls_port = 0',
-      '[imap]',
-      `port = ${imapPort}`,
-      'tls_port = 0',
-      '[users]',
-      `file = ${JSON.stringify(usersFile)}`,
-      '[log]',
-      'level = "warn"',
-      '[tor]',
-      'control = ""',
-      '',
-    ].join('\n'),
-  );
-  const nodeArgs = options.cpuProfDir ? ['--cpu-prof', `--cpu-prof-dir=${options.cpuProfDir}`] : [];
-  const child: ChildProcess = spawn(process.execPath, [...nodeArgs, BIN, '--config', configFile, 'start'], {
-    cwd: dir,
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
+  const { child, exited, stop } = await spawnBenchDaemon({ dir, domain: 'localhost', smtpPort, imapPort, usersFile, logLevel: 'warn', cpuProfDir: options.cpuProfDir });
   let out = '';
   let err = '';
-  child.stdout!.setEncoding('utf8').on('data', (d: string) => (out += d));
-  child.stderr!.setEncoding('utf8').on('data', (d: string) => (err += d.length > 100_000 ? '' : d));
-  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+  child.stdout.on('data', (d: string) => (out += d));
+  child.stderr.on('data', (d: string) => (err += d.length > 100_000 ? '' : d));
   await new Promise<void>((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error(`onionpost did not start in 30 s\n${out}\n${err}`)), 30_000);
-    child.stdout!.on('data', () => {
+    child.stdout.on('data', () => {
       if (out.includes('onionpost is running')) {
         clearTimeout(timer);
         resolve();
@@ -74,21 +39,11 @@ export async function startOnionpost(dir: string, usersFile: string, options: { 
       reject(new Error(`onionpost exited with ${code} before it was ready\n${out}\n${err}`));
     });
   });
-  let stopping: Promise<number | null> | null = null;
   return {
     pid: child.pid!,
     imapPort,
     stderr: () => err,
-    stop: () => {
-      stopping ??= (async () => {
-        if (child.exitCode === null && child.signalCode === null) child.kill('SIGTERM');
-        const timer = setTimeout(() => child.kill('SIGKILL'), 20_000);
-        const code = await exited;
-        clearTimeout(timer);
-        return code;
-      })();
-      return stopping;
-    },
+    stop,
   };
 }
 

@@ -19,6 +19,7 @@ import http from 'node:http';
 import net from 'node:net';
 import path from 'node:path';
 import { openTorConnection, TorConnectError } from '../src/delivery/transport.js';
+import { processAlive } from '../src/cli/process-alive.js';
 
 export interface OnionSpec {
   /** Directory name and key in `onions`: [a-z0-9_-]+. */
@@ -150,15 +151,6 @@ export function findNetworkTors(dir: string): { pid: number; node: string }[] {
   return found;
 }
 
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
-
 async function killAndWait(pids: number[], graceMs = 5000): Promise<void> {
   const targets = [...new Set(pids)].filter((p) => p > 1 && p !== process.pid);
   for (const pid of targets) {
@@ -169,8 +161,8 @@ async function killAndWait(pids: number[], graceMs = 5000): Promise<void> {
     }
   }
   const deadline = Date.now() + graceMs;
-  while (targets.some(alive) && Date.now() < deadline) await sleep(50);
-  for (const pid of targets.filter(alive)) {
+  while (targets.some(processAlive) && Date.now() < deadline) await sleep(50);
+  for (const pid of targets.filter(processAlive)) {
     try {
       process.kill(pid, 'SIGKILL');
     } catch {
@@ -178,7 +170,7 @@ async function killAndWait(pids: number[], graceMs = 5000): Promise<void> {
     }
   }
   const hardDeadline = Date.now() + 2000;
-  while (targets.some(alive) && Date.now() < hardDeadline) await sleep(20);
+  while (targets.some(processAlive) && Date.now() < hardDeadline) await sleep(20);
 }
 
 /**

@@ -17,10 +17,11 @@ import { randomOnionAddress } from '../src/tor/onion-address.js';
 import { runCli } from './helpers/cli.js';
 import { startDaemon, type Daemon } from './helpers/daemon.js';
 import { ImapWire } from './helpers/imap-wire.js';
+import { maildirFiles } from './helpers/maildir-files.js';
 import { freePort } from './helpers/ports.js';
 import { SmtpWire } from './helpers/smtp-wire.js';
+import { sleep } from './helpers/wait-for.js';
 
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 async function addUser(d: Daemon, name: string, password: string): Promise<void> {
   const res = await runCli(['--config', d.configFile, 'user', 'add', name, '--password-stdin'], { input: `${password}\n` });
@@ -47,18 +48,6 @@ async function refused(port: number): Promise<boolean> {
     });
     s.on('error', () => resolve(true));
   });
-}
-
-async function maildirFiles(dir: string): Promise<string[]> {
-  const out: string[] = [];
-  for (const sub of ['new', 'cur']) {
-    try {
-      for (const f of await readdir(path.join(dir, sub))) out.push(path.join(dir, sub, f));
-    } catch {
-      /* none */
-    }
-  }
-  return out;
 }
 
 async function login(port: number, user: string, password: string): Promise<ImapWire> {

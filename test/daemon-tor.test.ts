@@ -6,7 +6,6 @@
  * and re-published after Tor was unreachable or the control connection was lost.
  */
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
 import { X509Certificate, randomBytes } from 'node:crypto';
 import { mkdir, mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import net from 'node:net';
@@ -17,15 +16,12 @@ import { startTorNetwork, type TorNetwork } from '../scripts/tor-testnet-lib.js'
 import { openTorConnection } from '../src/delivery/transport.js';
 import { TorControlClient } from '../src/tor/control-client.js';
 import { readOnionKey } from '../src/tor/onion-service.js';
-import { BIN, ROOT, runCli } from './helpers/cli.js';
+import { runCli } from './helpers/cli.js';
+import { spawnDaemon, type DaemonProcess } from './helpers/daemon.js';
 import { freePort } from './helpers/ports.js';
+import { waitForEvery } from './helpers/wait-for.js';
 
-interface Running {
-  child: ChildProcess;
-  out: () => string;
-  err: () => string;
-  exited: Promise<number | null>;
-}
+type Running = DaemonProcess;
 
 async function writeConfig(dir: string, extra: string): Promise<string> {
   await mkdir(dir, { recursive: true });
@@ -38,31 +34,8 @@ async function writeConfig(dir: string, extra: string): Promise<string> {
   return file;
 }
 
-async function startD(configFile: string): Promise<Running> {
-  const child = spawn(process.execPath, [BIN, '--config', configFile, 'start'], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
-  let out = '';
-  let err = '';
-  child.stdout!.setEncoding('utf8').on('data', (d: string) => (out += d));
-  child.stderr!.setEncoding('utf8').on('data', (d: string) => (err += d));
-  const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
-  await new Promise<void>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`daemon not ready in 20 s\n${out}\n${err}`)), 20_000);
-    const check = (): void => {
-      if (/Next: add a user/.test(out)) {
-        clearTimeout(timer);
-        resolve();
-      }
-    };
-    child.stdout!.on('data', check);
-    void exited.then((code) => reject(new Error(`daemon exited with ${code}\n${out}\n${err}`)));
-  });
-  return { child, out: () => out, err: () => err, exited };
-}
-
-async function stopD(d: Running): Promise<number | null> {
-  if (d.child.exitCode === null && d.child.signalCode === null) d.child.kill('SIGTERM');
-  return d.exited;
-}
+/** The daemon is ready when it printed its hints (it has no users yet). */
+const startD = (configFile: string): Promise<Running> => spawnDaemon(configFile, { ready: /Next: add a user/ });
 
 /** greeting() retried while the onion's descriptor is not published yet (SOCKS f0, for a few seconds after ADD_ONION). */
 async function greetingWhenUp(socksPort: number, host: string, port: number, pattern: RegExp, timeoutMs = 40_000): Promise<string> {
@@ -99,15 +72,7 @@ async function greeting(socksPort: number, host: string, port: number, pattern: 
   }
 }
 
-async function waitFor<T>(what: string, fn: () => Promise<T | null>, timeoutMs: number): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await fn().catch(() => null);
-    if (v !== null) return v;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 200));
-  }
-}
+const waitFor = waitForEvery(200);
 
 describe('init and start with a real Tor control port (private Tor network)', { timeout: 150_000 }, () => {
   let dir: string;
@@ -122,7 +87,7 @@ describe('init and start with a real Tor control port (private Tor network)', { 
   });
 
   after(async () => {
-    for (const d of daemons) await stopD(d).catch(() => undefined);
+    for (const d of daemons) await d.stop().catch(() => undefined);
     for (const p of proxies) p.close();
     await tor?.stop();
     await rm(dir, { recursive: true, force: true });
@@ -165,11 +130,11 @@ describe('init and start with a real Tor control port (private Tor network)', { 
     try {
       await startedAndPublished(d, t0);
     } finally {
-      await stopD(d);
+      await d.stop();
     }
   });
   const startedAndPublished = async (d: Running, t0: number): Promise<void> => {
-    assert.match(d.out(), new RegExp(`onion +${onion} published through Tor`));
+    assert.match(d.stdout(), new RegExp(`onion +${onion} published through Tor`));
     const smtp = await greetingWhenUp(tor!.socksPort, onion, 25, /^220 .*\r\n/);
     const tFirst = Date.now() - t0;
     assert.match(smtp, new RegExp(`^220 ${onion} `));
@@ -181,7 +146,7 @@ describe('init and start with a real Tor control port (private Tor network)', { 
     assert.equal(st.code, 0, st.stderr);
     assert.match(st.stdout, new RegExp(`onion +${onion}: published through Tor \\(127\\.0\\.0\\.1:${tor!.controlPort}\\)`));
 
-    assert.equal(await stopD(d), 0, d.err());
+    assert.equal(await d.stop(), 0, d.stderr());
     // The onion is gone from tor: adding the same key again is not a collision.
     const key = (await readOnionKey(path.join(dir, 'a', 'data', 'onion')))!;
     const c = await TorControlClient.connect({ kind: 'tcp', host: '127.0.0.1', port: tor!.controlPort });
@@ -204,13 +169,13 @@ describe('init and start with a real Tor control port (private Tor network)', { 
     try {
       await unreachableThenBack(d, relayPort);
     } finally {
-      await stopD(d);
+      await d.stop();
     }
   });
   const unreachableThenBack = async (d: Running, relayPort: number): Promise<void> => {
-    assert.match(d.out(), new RegExp(`onion +${onion} NOT published: no Tor control port at 127\\.0\\.0\\.1:${relayPort} \\(ECONNREFUSED\\).*retrying in the background`));
+    assert.match(d.stdout(), new RegExp(`onion +${onion} NOT published: no Tor control port at 127\\.0\\.0\\.1:${relayPort} \\(ECONNREFUSED\\).*retrying in the background`));
     // The log is written asynchronously (pino): wait for the line.
-    await waitFor('the error in the log', async () => (/cannot publish .* retrying in the background/.test(d.err()) ? true : null), 5000);
+    await waitFor('the error in the log', async () => (/cannot publish .* retrying in the background/.test(d.stderr()) ? true : null), 5000);
 
     const links = new Set<net.Socket>();
     const relay = net.createServer((a) => {
@@ -231,11 +196,11 @@ describe('init and start with a real Tor control port (private Tor network)', { 
     assert.match(await greetingWhenUp(tor!.socksPort, onion, 25, /^220 .*\r\n/), new RegExp(`^220 ${onion} `));
 
     for (const s of links) s.destroy();
-    await waitFor('lost connection noticed', async () => (/control connection lost/.test(d.err()) ? true : null), 5000);
+    await waitFor('lost connection noticed', async () => (/control connection lost/.test(d.stderr()) ? true : null), 5000);
     await waitFor('published again', async () => ((await runCli(['--config', configFile, 'status'])).stdout.includes('published through Tor') ? true : null), 15_000).catch((err: Error) => {
-      throw new Error(`${err.message}\n${d.err()}`);
+      throw new Error(`${err.message}\n${d.stderr()}`);
     });
-    assert.equal(await stopD(d), 0, d.err());
+    assert.equal(await d.stop(), 0, d.stderr());
   };
 
   it('init with a cookie Tor did not write fails with a clear message and exit 69, and creates no key', async () => {

@@ -14,8 +14,8 @@
  *   host name with per-domain credentials, and no DNS query left it.
  */
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import type { ChildProcess } from 'node:child_process';
+import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
@@ -26,22 +26,15 @@ import type { QueueEntry } from '../src/delivery/queue.js';
 import { isolationCredentials } from '../src/delivery/transport.js';
 import { randomOnionAddress } from '../src/tor/onion-address.js';
 import { UserDb } from '../src/users/user-db.js';
-import { BIN, ROOT, runCli } from './helpers/cli.js';
+import { runCli } from './helpers/cli.js';
+import { spawnDaemon } from './helpers/daemon.js';
 import { startDnsServer, type TestDnsServer } from './helpers/dns-server.js';
 import { parseDsn } from './helpers/mime.js';
+import { maildirMessages } from './helpers/maildir-files.js';
 import { freePort } from './helpers/ports.js';
+import { sleep, waitForEvery } from './helpers/wait-for.js';
 
-const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
-
-async function waitFor<T>(what: string, fn: () => Promise<T | null | undefined | false>, timeoutMs: number): Promise<T> {
-  const t0 = Date.now();
-  for (;;) {
-    const v = await fn();
-    if (v) return v;
-    if (Date.now() - t0 > timeoutMs) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
-    await sleep(20);
-  }
-}
+const waitFor = waitForEvery(20);
 
 // ---------------------------------------------------------------------------------------
 // Loopback instruments
@@ -207,49 +200,29 @@ async function prepareDaemon(dir: string, domain: string, users: Record<string, 
 }
 
 async function startOnionpost(dir: string, config: string, ports: { smtp: number; submission: number }): Promise<RunningDaemon> {
-  const child = spawn(process.execPath, [BIN, '--config', config, 'start'], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
-  let out = '';
-  let err = '';
-  child.stdout!.setEncoding('utf8').on('data', (d: string) => (out += d));
-  child.stderr!.setEncoding('utf8').on('data', (d: string) => (err += d));
-  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
-  await waitFor(`onionpost in ${dir} to start (stderr: ${err.slice(-500)})`, async () => out.includes('onionpost is running') || child.exitCode !== null, 20_000);
-  if (child.exitCode !== null) throw new Error(`onionpost exited with ${child.exitCode}: ${err}`);
+  const daemon = await spawnDaemon(config);
+  const { child } = daemon;
   return {
     dir,
     config,
     ports,
     child,
     logs: () =>
-      err
+      daemon
+        .stderr()
         .split('\n')
         .filter((l) => l.startsWith('{'))
         .map((l) => JSON.parse(l) as LogLine),
     stop: async () => {
       if (child.exitCode === null && child.signalCode === null) {
-        child.kill('SIGTERM');
-        const killed = await Promise.race([exited.then(() => false), sleep(10_000).then(() => true)]);
+        const killed = await Promise.race([daemon.stop().then(() => false), sleep(10_000).then(() => true)]);
         if (killed) {
           child.kill('SIGKILL');
-          await exited;
+          await daemon.stop();
         }
       }
     },
   };
-}
-
-async function maildirMessages(root: string): Promise<Array<{ name: string; data: Buffer }>> {
-  const out: Array<{ name: string; data: Buffer }> = [];
-  for (const sub of ['new', 'cur']) {
-    let names: string[] = [];
-    try {
-      names = await readdir(path.join(root, sub));
-    } catch {
-      continue;
-    }
-    for (const name of names) out.push({ name, data: await readFile(path.join(root, sub, name)) });
-  }
-  return out;
 }
 
 /** One AUTH PLAIN submission session; resolves with the time of the 250 after DATA. */

@@ -12,26 +12,9 @@ import { ImapFlow } from 'imapflow';
 import nodemailer from 'nodemailer';
 import { runCli } from './helpers/cli.js';
 import { startDaemon, type Daemon } from './helpers/daemon.js';
+import { plainMessage } from './helpers/plain-message.js';
 
 const run = promisify(execFile);
-
-function message(subject: string, body: string): Buffer {
-  return Buffer.from(
-    [
-      'From: Bob <bob@example.onion>',
-      'To: Alice <alice@localhost>',
-      `Subject: ${subject}`,
-      'Message-ID: <' + Math.random().toString(36).slice(2) + '@example.onion>',
-      'Date: Thu, 26 Nov 2026 10:00:00 +0000',
-      'MIME-Version: 1.0',
-      'Content-Type: text/plain; charset=utf-8',
-      'Content-Transfer-Encoding: 8bit',
-      '',
-      body,
-      '',
-    ].join('\r\n'),
-  );
-}
 
 describe('mail loop end to end (real daemon, real clients)', () => {
   let d: Daemon;
@@ -72,7 +55,7 @@ describe('mail loop end to end (real daemon, real clients)', () => {
     assert.ok(which, 'swaks is required (scripts/install-test-deps.sh installs it)');
     const lock = await imap.getMailboxLock('INBOX');
     try {
-      const raw = message('Hello from swaks', 'Grüße aus dem Onionland.\r\n.leading dot line\r\nend');
+      const raw = plainMessage('Hello from swaks', 'Grüße aus dem Onionland.\r\n.leading dot line\r\nend');
       const file = path.join(d.dir, 'msg.eml');
       // swaks always adds CRLF before the final dot, so give it the message without its last CRLF.
       await writeFile(file, raw.subarray(0, raw.length - 2));
@@ -115,7 +98,7 @@ describe('mail loop end to end (real daemon, real clients)', () => {
             resolve();
           }),
         );
-        const raw = message(`Loop ${i}`, `body ${i}`);
+        const raw = plainMessage(`Loop ${i}`, `body ${i}`);
         await transport.sendMail({ envelope: { from: 'bob@example.onion', to: ['alice@localhost'] }, raw });
         const acked = performance.now();
         await Promise.race([seen, new Promise((_, rej) => setTimeout(() => rej(new Error('no EXISTS within 5 s')), 5000))]);

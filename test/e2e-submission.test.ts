@@ -11,14 +11,9 @@ import nodemailer from 'nodemailer';
 import { randomOnionAddress } from '../src/tor/onion-address.js';
 import { runCli } from './helpers/cli.js';
 import { startDaemon, type Daemon } from './helpers/daemon.js';
+import { maildirFiles } from './helpers/maildir-files.js';
 
 const REMOTE = randomOnionAddress();
-
-async function files(dir: string): Promise<string[]> {
-  const out: string[] = [];
-  for (const sub of ['new', 'cur']) out.push(...(await readdir(path.join(dir, sub)).catch(() => [] as string[])).map((n) => path.join(dir, sub, n)));
-  return out;
-}
 
 describe('submission end to end (real daemon)', () => {
   let d: Daemon;
@@ -54,7 +49,7 @@ describe('submission end to end (real daemon)', () => {
     implicit.close();
 
     for (const u of ['alice', 'bob']) {
-      const f = await files(path.join(d.dir, 'data', 'mail', u));
+      const f = await maildirFiles(path.join(d.dir, 'data', 'mail', u));
       assert.equal(f.length, 1, u);
       const text = await readFile(f[0]!, 'utf8');
       assert.match(text, /^Received: from unknown\r\n\tby localhost \(onionpost\) with ESMTPSA id /);
@@ -74,6 +69,6 @@ describe('submission end to end (real daemon)', () => {
     await t.sendMail({ envelope: { from: 'x@example.onion', to: ['sales@localhost'] }, raw: 'Subject: hi\r\n\r\nx\r\n' });
     await assert.rejects(t.sendMail({ envelope: { from: 'x@example.onion', to: ['team@localhost'] }, raw: 'Subject: hi\r\n\r\nx\r\n' }), /550 5\.1\.1/);
     t.close();
-    assert.equal((await files(path.join(d.dir, 'data', 'mail', 'bob'))).length, 2);
+    assert.equal((await maildirFiles(path.join(d.dir, 'data', 'mail', 'bob'))).length, 2);
   });
 });

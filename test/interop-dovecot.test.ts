@@ -23,6 +23,7 @@ import nodemailer from 'nodemailer';
 import { runCli } from './helpers/cli.js';
 import { startDaemon, type Daemon } from './helpers/daemon.js';
 import { dovecotMissing, dovecotVersion, startDovecot, type Dovecot } from './helpers/dovecot.js';
+import { plainMessage } from './helpers/plain-message.js';
 
 const missing = dovecotMissing();
 const skip = missing ? `Dovecot interop NOT checked: ${missing}` : false;
@@ -188,22 +189,6 @@ function assertSameStructure(actual: FolderView[], expected: FolderView[], who: 
 
 const crlf = (lines: string[]): Buffer => Buffer.from(lines.join('\r\n'), 'utf8');
 
-function plain(subject: string, body: string, id: string): Buffer {
-  return crlf([
-    'From: Bob <bob@example.onion>',
-    'To: Alice <alice@localhost>',
-    `Subject: ${subject}`,
-    `Message-ID: <${id}@example.onion>`,
-    'Date: Thu, 26 Nov 2026 10:00:00 +0000',
-    'MIME-Version: 1.0',
-    'Content-Type: text/plain; charset=utf-8',
-    'Content-Transfer-Encoding: 8bit',
-    '',
-    body,
-    '',
-  ]);
-}
-
 function withAttachment(id: string): Buffer {
   const blob = Buffer.alloc(6000);
   for (let i = 0; i < blob.length; i++) blob[i] = (i * 7 + 13) & 0xff;
@@ -307,18 +292,18 @@ describe(`Dovecot${missing ? '' : ` ${dovecotVersion()}`} writes, then onionpost
         appended.set(sourceOf(raw), raw);
         return r.uid;
       };
-      const u1 = await put('INBOX', plain('hello', 'plain ascii', 'a1'), ['\\Seen'], '2026-11-20T10:00:00Z');
-      const u2 = await put('INBOX', plain('to be expunged', 'bye', 'a2'), [], '2026-11-20T11:00:00Z');
+      const u1 = await put('INBOX', plainMessage('hello', 'plain ascii', 'a1'), ['\\Seen'], '2026-11-20T10:00:00Z');
+      const u2 = await put('INBOX', plainMessage('to be expunged', 'bye', 'a2'), [], '2026-11-20T11:00:00Z');
       const u3 = await put('INBOX', withAttachment('a3'), ['\\Flagged', '$Forwarded', 'Project-X'], '2026-11-21T09:15:30+01:00');
       const u4 = await put('INBOX', bareLf('a4'), ['\\Answered', '\\Draft'], '2026-11-22T23:59:59Z');
-      const u5 = await put('INBOX', plain('Grüße 🎉', 'Schöne Grüße aus dem Onionland.\r\n.leading dot', 'a5'), ['$Label1', 'Work'], '2026-11-23T12:00:00Z');
-      const u6 = await put('INBOX', plain('last one, expunged too', 'gone', 'a6'), ['\\Seen'], '2026-11-24T12:00:00Z');
-      await put('Entwürfe/日本語', plain('下書き', '日本語の本文', 'a7'), ['\\Draft', '\\Seen', 'Project-X'], '2026-11-25T01:02:03Z');
-      await put('Entwürfe/日本語', plain('zweiter Entwurf', 'text', 'a8'), [], '2026-11-25T04:05:06Z');
+      const u5 = await put('INBOX', plainMessage('Grüße 🎉', 'Schöne Grüße aus dem Onionland.\r\n.leading dot', 'a5'), ['$Label1', 'Work'], '2026-11-23T12:00:00Z');
+      const u6 = await put('INBOX', plainMessage('last one, expunged too', 'gone', 'a6'), ['\\Seen'], '2026-11-24T12:00:00Z');
+      await put('Entwürfe/日本語', plainMessage('下書き', '日本語の本文', 'a7'), ['\\Draft', '\\Seen', 'Project-X'], '2026-11-25T01:02:03Z');
+      await put('Entwürfe/日本語', plainMessage('zweiter Entwurf', 'text', 'a8'), [], '2026-11-25T04:05:06Z');
       await put('Work', withAttachment('a9'), ['$Important'], '2026-11-19T00:00:00Z');
       // A folder with mail renamed below another; an empty one deleted.
       await c.mailboxCreate('Old');
-      await put('Old', plain('in a renamed folder', 'text', 'a10'), ['\\Seen', '$MDNSent', 'NonJunk'], '2026-11-18T00:00:00Z');
+      await put('Old', plainMessage('in a renamed folder', 'text', 'a10'), ['\\Seen', '$MDNSent', 'NonJunk'], '2026-11-18T00:00:00Z');
       await c.mailboxRename('Old', 'Archive/Renamed');
       await c.mailboxCreate('Tmp');
       await c.mailboxDelete('Tmp');
@@ -373,7 +358,7 @@ describe(`Dovecot${missing ? '' : ` ${dovecotVersion()}`} writes, then onionpost
     assert.ok(daemon, 'needs the daemon');
     await withClient(daemon.ports.imap, async (c) => {
       for (const f of theirs) {
-        const r = await c.append(f.path, plain('after the move', 'from onionpost', `n-${f.uidNext}`), ['\\Seen']);
+        const r = await c.append(f.path, plainMessage('after the move', 'from onionpost', `n-${f.uidNext}`), ['\\Seen']);
         assert.ok(r, `APPEND to ${f.path}`);
         assert.equal(r.uid, f.uidNext, `UID of the first onionpost message in ${f.path}`);
         assert.equal(String(r.uidValidity), f.uidValidity, `UIDVALIDITY in ${f.path}`);
@@ -385,7 +370,7 @@ describe(`Dovecot${missing ? '' : ` ${dovecotVersion()}`} writes, then onionpost
     assert.ok(daemon, 'needs the daemon');
     await withClient(daemon.ports.imap, async (c) => {
       assert.ok(c.enabled.has('UTF8=ACCEPT'));
-      const r = await c.append('Entwürfe/日本語', plain('utf8 append', 'text', 'u8'), ['\\Seen']);
+      const r = await c.append('Entwürfe/日本語', plainMessage('utf8 append', 'text', 'u8'), ['\\Seen']);
       assert.ok(r && (r.uid ?? 0) > 0);
     });
   });
@@ -455,13 +440,13 @@ describe(`onionpost writes, then Dovecot${missing ? '' : ` ${dovecotVersion()}`}
     const transport = nodemailer.createTransport({ host: '127.0.0.1', port: d.ports.smtp, secure: false, ignoreTLS: true });
     try {
       const raws = [
-        plain('delivered 1', 'first', 'b1'),
+        plainMessage('delivered 1', 'first', 'b1'),
         withAttachment('b2'),
-        plain('delivered 3 — to Work', 'moved', 'b3'),
-        plain('delivered 4 — to 日本語', 'moved too', 'b4'),
-        plain('delivered 5 — expunged', 'gone', 'b5'),
+        plainMessage('delivered 3 — to Work', 'moved', 'b3'),
+        plainMessage('delivered 4 — to 日本語', 'moved too', 'b4'),
+        plainMessage('delivered 5 — expunged', 'gone', 'b5'),
         bareLf('b6'),
-        plain('delivered 7 — last, expunged', 'gone too', 'b7'),
+        plainMessage('delivered 7 — last, expunged', 'gone too', 'b7'),
       ];
       for (const raw of raws) await transport.sendMail({ envelope: { from: 'bob@example.onion', to: [`${USER}@localhost`] }, raw });
     } finally {
@@ -490,7 +475,7 @@ describe(`onionpost writes, then Dovecot${missing ? '' : ` ${dovecotVersion()}`}
 
       const a = await c.append('Work', withAttachment('b8'), ['\\Draft', 'Project-X'], new Date('2026-11-18T18:18:18Z'));
       assert.ok(a && a.uid);
-      await c.append('Entwürfe/日本語', plain('下書き', '日本語の本文', 'b9'), ['\\Seen', '$Label1'], new Date('2026-11-25T01:02:03Z'));
+      await c.append('Entwürfe/日本語', plainMessage('下書き', '日本語の本文', 'b9'), ['\\Seen', '$Label1'], new Date('2026-11-25T01:02:03Z'));
       await c.mailboxOpen('Work');
       await c.messageFlagsAdd('1:*', ['$Label2'], { uid: false });
 
@@ -521,7 +506,7 @@ describe(`onionpost writes, then Dovecot${missing ? '' : ` ${dovecotVersion()}`}
     assert.ok(dovecot, 'needs Dovecot');
     await withClient(dovecot.port, async (c) => {
       for (const f of ours) {
-        const r = await c.append(f.path, plain('back to Dovecot', 'text', `d-${f.uidNext}`), ['\\Seen']);
+        const r = await c.append(f.path, plainMessage('back to Dovecot', 'text', `d-${f.uidNext}`), ['\\Seen']);
         assert.ok(r, `APPEND to ${f.path}`);
         assert.equal(r.uid, f.uidNext, `UID of the first Dovecot message in ${f.path}`);
         assert.equal(String(r.uidValidity), f.uidValidity, `UIDVALIDITY in ${f.path}`);

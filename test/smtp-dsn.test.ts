@@ -5,29 +5,18 @@
  * the byte-level SmtpWire for per-recipient parameters and malformed ones.
  */
 import assert from 'node:assert/strict';
-import { after, before, describe, it } from 'node:test';
+import { describe, it } from 'node:test';
 import nodemailer from 'nodemailer';
 import type { QueueEntry } from '../src/delivery/queue.js';
 import { BLIND_COPY_FIELDS, withoutFields } from '../src/smtp/message.js';
 import { parseDsn } from './helpers/mime.js';
-import { DOMAIN, PASSWORDS, REMOTE, plainToken, startHarness, type Harness } from './helpers/smtp-harness.js';
+import { DOMAIN, PASSWORDS, REMOTE, harnessForSuite, openSession, type Harness } from './helpers/smtp-harness.js';
 import { SmtpWire, type Reply } from './helpers/smtp-wire.js';
 
 const SENDER = 'x@sender.onion';
 
-async function mta(port: number): Promise<SmtpWire> {
-  const c = await SmtpWire.connect(port);
-  assert.equal((await c.read()).code, 220);
-  assert.equal((await c.command('EHLO sender.onion')).code, 250);
-  return c;
-}
-
-async function submitter(port: number, user: string): Promise<SmtpWire> {
-  const c = await mta(port);
-  const r = await c.command(`AUTH PLAIN ${plainToken(user, PASSWORDS[user]!)}`);
-  assert.equal(r.code, 235, r.text);
-  return c;
-}
+const mta = (port: number): Promise<SmtpWire> => openSession(port, { ehlo: 'sender.onion' });
+const submitter = (port: number, user: string): Promise<SmtpWire> => openSession(port, { ehlo: 'sender.onion', login: user });
 
 function ok(r: Reply, what: string): void {
   assert.equal(r.code, 250, `${what}: ${r.text}`);
@@ -43,12 +32,7 @@ async function data(c: SmtpWire, header: string): Promise<string> {
 
 describe('DSN (RFC 3461) and Bcc on the SMTP listeners', () => {
   let h: Harness;
-  before(async () => {
-    h = await startHarness();
-  });
-  after(async () => {
-    await h?.stop();
-  });
+  harnessForSuite((started) => (h = started));
 
   /** Queue entries that appeared after `known` (ids). */
   async function newEntries(known: Set<string>): Promise<QueueEntry[]> {

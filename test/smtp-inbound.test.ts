@@ -14,7 +14,9 @@ import { silentLogger } from '../src/log/logger.js';
 import { createInboundSmtpServer, type InboundSmtpOptions, type InboundSmtpServer, type RecipientResolution } from '../src/smtp/inbound-server.js';
 import { MaildirStore } from '../src/store/maildir/maildir-store.js';
 import { ensureCertificate } from '../src/tls/certificate.js';
+import { maildirMessagesByAge } from './helpers/maildir-files.js';
 import { SmtpWire } from './helpers/smtp-wire.js';
+import { swaksOrSkip } from './helpers/swaks.js';
 
 const run = promisify(execFile);
 
@@ -79,19 +81,8 @@ async function startServer(overrides: Partial<InboundSmtpOptions> = {}): Promise
 }
 
 /** Every message file of the user's INBOX (new/ and cur/), oldest name first. */
-async function inbox(h: Harness, user: string): Promise<Buffer[]> {
-  const root = path.join(h.dir, 'mail', user);
-  const out: Array<[string, Buffer]> = [];
-  for (const sub of ['new', 'cur']) {
-    let names: string[] = [];
-    try {
-      names = await readdir(path.join(root, sub));
-    } catch {
-      continue;
-    }
-    for (const name of names) out.push([name, await readFile(path.join(root, sub, name))]);
-  }
-  return out.sort((a, b) => a[0].localeCompare(b[0])).map(([, data]) => data);
+function inbox(h: Harness, user: string): Promise<Buffer[]> {
+  return maildirMessagesByAge(path.join(h.dir, 'mail', user));
 }
 
 function message(subject: string, extra = ''): Buffer {
@@ -134,12 +125,16 @@ function assertPrivateReceived(header: string): void {
   assert.match(header, /\+0000\r\n$/, 'date in UTC');
 }
 
-function plainTransport(port: number, extra: Record<string, unknown> = {}) {
-  return nodemailer.createTransport({ host: '127.0.0.1', port, secure: false, ignoreTLS: true, name: 'client.remote.onion', ...extra });
+/** A byte-level session past the greeting and EHLO (their replies not checked). */
+async function ehloSession(port: number): Promise<SmtpWire> {
+  const c = await SmtpWire.connect(port);
+  await c.read();
+  await c.command('EHLO client.remote.onion');
+  return c;
 }
 
-async function hasSwaks(): Promise<boolean> {
-  return !!(await run('sh', ['-c', 'command -v swaks']).catch(() => null));
+function plainTransport(port: number, extra: Record<string, unknown> = {}) {
+  return nodemailer.createTransport({ host: '127.0.0.1', port, secure: false, ignoreTLS: true, name: 'client.remote.onion', ...extra });
 }
 
 describe('SMTP inbound', () => {
@@ -244,9 +239,7 @@ describe('SMTP inbound', () => {
   });
 
   it('unknown local user: 550 5.1.1 at RCPT, before DATA; nothing stored', async () => {
-    const c = await SmtpWire.connect(h.port);
-    await c.read();
-    await c.command('EHLO client.remote.onion');
+    const c = await ehloSession(h.port);
     assert.equal((await c.command('MAIL FROM:<sender@remote.onion>')).code, 250);
     const rcpt = await c.command(`RCPT TO:<nobody@${DOMAIN}>`);
     assert.equal(rcpt.text, `550 5.1.1 <nobody@${DOMAIN}>: Recipient address rejected: User unknown`);
@@ -278,9 +271,7 @@ describe('SMTP inbound', () => {
   });
 
   it('resolver failure: 451 4.3.0 at RCPT', async () => {
-    const c = await SmtpWire.connect(h.port);
-    await c.read();
-    await c.command('EHLO client.remote.onion');
+    const c = await ehloSession(h.port);
     await c.command('MAIL FROM:<sender@remote.onion>');
     const rcpt = await c.command(`RCPT TO:<lookup-fails@${DOMAIN}>`);
     assert.equal(rcpt.code, 451);
@@ -314,9 +305,7 @@ describe('SMTP inbound', () => {
   });
 
   it('the domainless postmaster is accepted (RFC 5321 4.1.1.3)', async () => {
-    const c = await SmtpWire.connect(h.port);
-    await c.read();
-    await c.command('EHLO client.remote.onion');
+    const c = await ehloSession(h.port);
     await c.command('MAIL FROM:<>');
     assert.equal((await c.command('RCPT TO:<postmaster>')).code, 250);
     assert.equal((await c.command('DATA')).code, 354);
@@ -326,9 +315,7 @@ describe('SMTP inbound', () => {
   });
 
   it('more than maxRecipients: 452 4.5.3', async () => {
-    const d = await SmtpWire.connect(h.port);
-    await d.read();
-    await d.command('EHLO client.remote.onion');
+    const d = await ehloSession(h.port);
     await d.command('MAIL FROM:<sender@remote.onion>');
     const addrs = [`alice@${DOMAIN}`, `bob@${DOMAIN}`, `carol@${DOMAIN}`, `alice@${EXTRA_DOMAIN}`, `bob@${EXTRA_DOMAIN}`];
     for (const a of addrs) assert.equal((await d.command(`RCPT TO:<${a}>`)).code, 250, a);
@@ -339,9 +326,7 @@ describe('SMTP inbound', () => {
   });
 
   it('SIZE: MAIL FROM SIZE= over the limit is refused with 552 5.3.4', async () => {
-    const c = await SmtpWire.connect(h.port);
-    await c.read();
-    await c.command('EHLO client.remote.onion');
+    const c = await ehloSession(h.port);
     const r = await c.command(`MAIL FROM:<sender@remote.onion> SIZE=${MAX_SIZE + 1}`);
     assert.equal(r.code, 552);
     assert.match(r.text, /^552 5\.3\.4 /);
@@ -351,9 +336,7 @@ describe('SMTP inbound', () => {
 
   it('SIZE: data over the limit is refused with 552 5.3.4 and nothing is stored; the session stays usable', async () => {
     const before = (await inbox(h, 'bob')).length;
-    const c = await SmtpWire.connect(h.port);
-    await c.read();
-    await c.command('EHLO client.remote.onion');
+    const c = await ehloSession(h.port);
     await c.command('MAIL FROM:<sender@remote.onion>');
     await c.command(`RCPT TO:<bob@${DOMAIN}>`);
     assert.equal((await c.command('DATA')).code, 354);
@@ -380,9 +363,7 @@ describe('SMTP inbound', () => {
   });
 
   it('invalid addresses: 501 5.1.3 (recipient) and 501 5.1.7 (sender)', async () => {
-    const c = await SmtpWire.connect(h.port);
-    await c.read();
-    await c.command('EHLO client.remote.onion');
+    const c = await ehloSession(h.port);
     const from = await c.command('MAIL FROM:<not an address>');
     assert.equal(from.code, 501);
     assert.match(from.text, /^501 5\.1\.7 /);
@@ -425,9 +406,7 @@ describe('SMTP inbound', () => {
     const body = variants
       .map((v, i) => `part ${i}${v}MAIL FROM:<evil${i}@remote.onion>\r\nRCPT TO:<alice@${DOMAIN}>\r\nDATA\r\nSubject: smuggled ${i}\r\n\r\nsmuggled${v}`)
       .join('');
-    const c = await SmtpWire.connect(h.port);
-    await c.read();
-    await c.command('EHLO client.remote.onion');
+    const c = await ehloSession(h.port);
     await c.command('MAIL FROM:<sender@remote.onion>');
     await c.command(`RCPT TO:<bob@${DOMAIN}>`);
     assert.equal((await c.command('DATA')).code, 354);
@@ -448,9 +427,7 @@ describe('SMTP inbound', () => {
 
   it('PIPELINING: two transactions and QUIT in one write get their replies in order', async () => {
     const before = (await inbox(h, 'carol')).length;
-    const c = await SmtpWire.connect(h.port);
-    await c.read();
-    await c.command('EHLO client.remote.onion');
+    const c = await ehloSession(h.port);
     const txn = (n: number) => `MAIL FROM:<sender@remote.onion>\r\nRCPT TO:<carol@${DOMAIN}>\r\nDATA\r\nSubject: pipelined ${n}\r\n\r\nbody ${n}\r\n.\r\n`;
     c.write(txn(1) + txn(2) + 'QUIT\r\n');
     const codes: number[] = [];
@@ -484,10 +461,7 @@ describe('SMTP inbound', () => {
   });
 
   it('swaks delivers (skipped when swaks is not installed)', async (t) => {
-    if (!(await hasSwaks())) {
-      t.skip('swaks not installed (apt-get install swaks); CI has it');
-      return;
-    }
+    if (!(await swaksOrSkip(t))) return;
     const before = (await inbox(h, 'alice')).length;
     const { stdout } = await run('swaks', [
       '--server', '127.0.0.1', '--port', String(h.port), '--from', 'sender@remote.onion', '--to', `alice@${DOMAIN}`,
@@ -508,9 +482,7 @@ describe('SMTP inbound', () => {
 
   it('close(): idle clients get 421 and close() resolves promptly', async () => {
     const extra = await startServer();
-    const c = await SmtpWire.connect(extra.port);
-    await c.read();
-    await c.command('EHLO client.remote.onion');
+    const c = await ehloSession(extra.port);
     const started = Date.now();
     await extra.stop();
     assert.ok(Date.now() - started < 3000, `close took ${Date.now() - started} ms`);
@@ -568,9 +540,7 @@ describe('SMTP inbound with STARTTLS', () => {
   });
 
   it('the "localhost" name verifies too; after STARTTLS the client must EHLO again', async () => {
-    const c = await SmtpWire.connect(h.port);
-    await c.read();
-    await c.command('EHLO client.remote.onion');
+    const c = await ehloSession(h.port);
     assert.equal((await c.command('STARTTLS')).code, 220);
     const secure = await c.startTls({ ca: [cert], servername: 'localhost', rejectUnauthorized: true });
     assert.equal(secure.authorized, true);
@@ -617,10 +587,7 @@ describe('SMTP inbound with STARTTLS', () => {
   });
 
   it('swaks --tls delivers (skipped when swaks is not installed)', async (t) => {
-    if (!(await hasSwaks())) {
-      t.skip('swaks not installed (apt-get install swaks); CI has it');
-      return;
-    }
+    if (!(await swaksOrSkip(t))) return;
     const before = (await inbox(h, 'bob')).length;
     const { stdout } = await run('swaks', [
       '--server', '127.0.0.1', '--port', String(h.port), '--tls', '--from', 'sender@remote.onion', '--to', `bob@${DOMAIN}`,

@@ -7,13 +7,14 @@ import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import path from 'node:path';
-import { after, before, describe, it } from 'node:test';
+import { describe, it } from 'node:test';
 import { promisify } from 'node:util';
 import nodemailer from 'nodemailer';
 import { RelayPolicy, TokenBucket } from '../src/smtp/policy.js';
 import { randomOnionAddress } from '../src/tor/onion-address.js';
-import { DOMAIN, EXTRA_DOMAIN, REMOTE, startHarness, type Harness } from './helpers/smtp-harness.js';
-import { SmtpWire } from './helpers/smtp-wire.js';
+import { DOMAIN, EXTRA_DOMAIN, REMOTE, harnessForSuite, openSession, startHarness, type Harness } from './helpers/smtp-harness.js';
+import type { SmtpWire } from './helpers/smtp-wire.js';
+import { swaksOrSkip } from './helpers/swaks.js';
 
 const run = promisify(execFile);
 
@@ -21,21 +22,11 @@ function raw(subject: string): Buffer {
   return Buffer.from(`From: x@sender.onion\r\nSubject: ${subject}\r\n\r\nhello\r\n`);
 }
 
-async function mta(port: number): Promise<SmtpWire> {
-  const c = await SmtpWire.connect(port);
-  assert.equal((await c.read()).code, 220);
-  assert.equal((await c.command('EHLO sender.onion')).code, 250);
-  return c;
-}
+const mta = (port: number): Promise<SmtpWire> => openSession(port, { ehlo: 'sender.onion' });
 
 describe('port 25: aliases and relaying denied by default', () => {
   let h: Harness;
-  before(async () => {
-    h = await startHarness();
-  });
-  after(async () => {
-    await h?.stop();
-  });
+  harnessForSuite((started) => (h = started));
 
   it('an alias with several local users: one copy each; with remote targets: those are queued (origin forward)', async () => {
     const t = nodemailer.createTransport({ host: '127.0.0.1', port: h.ports.smtp, ignoreTLS: true, name: 'sender.onion' });
@@ -74,12 +65,7 @@ describe('port 25: aliases and relaying denied by default', () => {
 
 describe('port 25 with relay.open_to_onion', () => {
   let h: Harness;
-  before(async () => {
-    h = await startHarness({ relay: { openToOnion: true, onionRatePerMinute: 2 } });
-  });
-  after(async () => {
-    await h?.stop();
-  });
+  harnessForSuite((started) => (h = started), { relay: { openToOnion: true, onionRatePerMinute: 2 } });
 
   it('accepts any valid onion domain from anyone into the queue (origin relay), one token per message; then 450 4.7.1', async () => {
     const other = randomOnionAddress();
@@ -122,10 +108,7 @@ describe('port 25 with relay.open_to_onion', () => {
   });
 
   it('swaks relays through port 25 when a token is available (skipped without swaks)', async (t) => {
-    if (!(await run('sh', ['-c', 'command -v swaks']).catch(() => null))) {
-      t.skip('swaks not installed');
-      return;
-    }
+    if (!(await swaksOrSkip(t))) return;
     const fresh = await startHarness({ relay: { openToOnion: true, onionRatePerMinute: 60 } });
     try {
       const { stdout } = await run('swaks', ['--server', '127.0.0.1', '--port', String(fresh.ports.smtp), '--from', 'x@sender.onion', '--to', `z@${REMOTE}`, '--timeout', '10']);

@@ -4,16 +4,11 @@
  * NUL bytes and invalid addresses on submission. Byte-level client on real sockets.
  */
 import assert from 'node:assert/strict';
-import { after, before, describe, it } from 'node:test';
-import { DOMAIN, PASSWORDS, plainToken, startHarness, type Harness } from './helpers/smtp-harness.js';
+import { describe, it } from 'node:test';
+import { DOMAIN, PASSWORDS, harnessForSuite, openSession, plainToken, type Harness } from './helpers/smtp-harness.js';
 import { SmtpWire } from './helpers/smtp-wire.js';
 
-async function greeted(port: number, ehlo = true): Promise<SmtpWire> {
-  const c = await SmtpWire.connect(port);
-  assert.equal((await c.read()).code, 220);
-  if (ehlo) assert.equal((await c.command('EHLO client.example')).code, 250);
-  return c;
-}
+const greeted = (port: number, ehlo = true): Promise<SmtpWire> => openSession(port, { ehlo: ehlo ? 'client.example' : null });
 
 /** Nothing more arrives within ms (the injected commands got no reply). */
 async function silent(c: SmtpWire, ms = 400): Promise<void> {
@@ -22,12 +17,7 @@ async function silent(c: SmtpWire, ms = 400): Promise<void> {
 
 describe('SMTP protocol safety', () => {
   let h: Harness;
-  before(async () => {
-    h = await startHarness();
-  });
-  after(async () => {
-    await h?.stop();
-  });
+  harnessForSuite((started) => (h = started));
 
   it('STARTTLS injection on submission: commands pipelined behind STARTTLS are discarded, and TLS starts a fresh session', async () => {
     const c = await greeted(h.ports.submission);
@@ -132,12 +122,7 @@ describe('SMTP protocol safety', () => {
 
 describe('SMTP limits: connections and idle time', () => {
   let h: Harness;
-  before(async () => {
-    h = await startHarness({ inbound: { maxClients: 2, socketTimeoutMs: 600 }, submission: { maxClients: 2 } });
-  });
-  after(async () => {
-    await h?.stop();
-  });
+  harnessForSuite((started) => (h = started), { inbound: { maxClients: 2, socketTimeoutMs: 600 }, submission: { maxClients: 2 } });
 
   it('more connections than maxClients: 421 and closed, for port 25, 587 and 465; a freed slot is usable again', async () => {
     for (const [name, port] of Object.entries(h.ports)) {

@@ -8,22 +8,19 @@ import { execFile } from 'node:child_process';
 import { rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { after, before, describe, it } from 'node:test';
+import { describe, it } from 'node:test';
 import { promisify } from 'node:util';
 import nodemailer from 'nodemailer';
 import { parseAddressList } from '../src/smtp/address-header.js';
 import { AuthThrottle } from '../src/smtp/auth-throttle.js';
 import { isLoopback } from '../src/smtp/submission-server.js';
-import { DOMAIN, EXTRA_DOMAIN, PASSWORDS, REMOTE, plainToken, startHarness, type Harness } from './helpers/smtp-harness.js';
+import { DOMAIN, EXTRA_DOMAIN, PASSWORDS, REMOTE, harnessForSuite, openSession, plainToken, startHarness, type Harness } from './helpers/smtp-harness.js';
 import { SmtpWire } from './helpers/smtp-wire.js';
+import { swaksOrSkip } from './helpers/swaks.js';
 
 const run = promisify(execFile);
 const HOSTNAME = os.hostname();
 const esc = (s: string) => s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
-
-async function hasSwaks(): Promise<boolean> {
-  return !!(await run('sh', ['-c', 'command -v swaks']).catch(() => null));
-}
 
 function message(from: string, subject: string, extra: string[] = []): Buffer {
   return Buffer.from([`From: Alice <${from}>`, `To: someone@${DOMAIN}`, `Subject: ${subject}`, ...extra, '', 'body', ''].join('\r\n'));
@@ -57,25 +54,11 @@ function transport(h: Harness, user: string, extra: Record<string, unknown> = {}
 }
 
 /** Connects, reads the greeting, says EHLO; with `login`, also AUTH PLAIN (plain text: loopback). */
-async function session(port: number, login?: string): Promise<SmtpWire> {
-  const c = await SmtpWire.connect(port);
-  assert.equal((await c.read()).code, 220);
-  assert.equal((await c.command('EHLO client.example')).code, 250);
-  if (login) {
-    const r = await c.command(`AUTH PLAIN ${plainToken(login, PASSWORDS[login]!)}`);
-    assert.equal(r.code, 235, r.text);
-  }
-  return c;
-}
+const session = (port: number, login?: string): Promise<SmtpWire> => openSession(port, { login });
 
 describe('submission', () => {
   let h: Harness;
-  before(async () => {
-    h = await startHarness();
-  });
-  after(async () => {
-    await h?.stop();
-  });
+  harnessForSuite((started) => (h = started));
 
   it('EHLO: AUTH PLAIN LOGIN (never CRAM-MD5), PIPELINING, 8BITMIME, SMTPUTF8, ENHANCEDSTATUSCODES, SIZE, STARTTLS, DSN; domain, no host name', async () => {
     const c = await SmtpWire.connect(h.ports.submission);
@@ -275,10 +258,7 @@ describe('submission', () => {
   });
 
   it('swaks: --auth PLAIN --tls, --auth LOGIN --tlsc (465), and a 553 for a foreign sender (skipped without swaks)', async (t) => {
-    if (!(await hasSwaks())) {
-      t.skip('swaks not installed (apt-get install swaks); CI has it');
-      return;
-    }
+    if (!(await swaksOrSkip(t))) return;
     const before = (await h.inbox('bob')).length;
     const common = ['--server', '127.0.0.1', '--to', `bob@${DOMAIN}`, '--timeout', '15', '--auth-user', 'alice', '--auth-password', PASSWORDS.alice!];
     const starttls = await run('swaks', [...common, '--port', String(h.ports.submission), '--tls', '--auth', 'PLAIN', '--from', `alice@${DOMAIN}`, '--h-From', `alice@${DOMAIN}`]);
@@ -312,12 +292,7 @@ describe('submission', () => {
 
 describe('submission: AUTH only over TLS when plain text on loopback is off', () => {
   let h: Harness;
-  before(async () => {
-    h = await startHarness({ submission: { allowPlaintextLoopback: false } });
-  });
-  after(async () => {
-    await h?.stop();
-  });
+  harnessForSuite((started) => (h = started), { submission: { allowPlaintextLoopback: false } });
 
   it('no AUTH before STARTTLS (530 5.7.0, not advertised); after STARTTLS it is, and it works', async () => {
     const c = await SmtpWire.connect(h.ports.submission);

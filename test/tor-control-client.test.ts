@@ -11,6 +11,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { parseControlAddress, quoteString, TorControlClient, TorControlError, type ControlAddress } from '../src/tor/control-client.js';
+import { startLineServer } from './helpers/line-server.js';
 import { freePort } from './helpers/ports.js';
 
 type Handler = (line: string, sock: net.Socket, state: Record<string, unknown>) => string | null;
@@ -27,41 +28,24 @@ const SERVICE_ID = 'a'.repeat(56);
 /** A control port that answers each line with handler(line) (null: no answer). */
 async function fakeTor(where: { path?: string }, handler: Handler): Promise<FakeTor> {
   const received: string[] = [];
-  const sockets = new Set<net.Socket>();
-  const server = net.createServer((sock) => {
-    sockets.add(sock);
-    sock.on('close', () => sockets.delete(sock));
-    sock.on('error', () => undefined);
-    const state: Record<string, unknown> = {};
-    let buf = '';
-    sock.setEncoding('latin1');
-    sock.on('data', (d: string) => {
-      buf += d;
-      let i: number;
-      while ((i = buf.indexOf('\r\n')) >= 0) {
-        const line = buf.slice(0, i);
-        buf = buf.slice(i + 2);
+  const server = await startLineServer({
+    path: where.path,
+    encoding: 'latin1',
+    connection: (sock) => {
+      const state: Record<string, unknown> = {};
+      return (line) => {
         received.push(line);
         if (line === 'QUIT') {
           sock.end('250 closing connection\r\n');
-          return;
+          return 'stop';
         }
         const reply = handler(line, sock, state);
         if (reply !== null) sock.write(reply);
-      }
-    });
-  });
-  await new Promise<void>((resolve) => (where.path ? server.listen(where.path, () => resolve()) : server.listen(0, '127.0.0.1', () => resolve())));
-  const addr = server.address();
-  const address: ControlAddress = where.path ? { kind: 'unix', path: where.path } : { kind: 'tcp', host: '127.0.0.1', port: (addr as net.AddressInfo).port };
-  return {
-    address,
-    received,
-    close: async () => {
-      for (const s of sockets) s.destroy();
-      await new Promise<void>((resolve) => server.close(() => resolve()));
+      };
     },
-  };
+  });
+  const address: ControlAddress = where.path ? { kind: 'unix', path: where.path } : { kind: 'tcp', host: '127.0.0.1', port: server.port };
+  return { address, received, close: server.close };
 }
 
 function protocolInfo(methods: string, cookieFile?: string): string {

@@ -18,42 +18,24 @@ import { randomOnionAddress } from '../src/tor/onion-address.js';
 import { startDnsServer, type TestDnsServer } from './helpers/dns-server.js';
 import { freePort } from './helpers/ports.js';
 import { connectTorControl } from './helpers/tor-control.js';
+import { startLineServer } from './helpers/line-server.js';
 import { readUntil } from './helpers/read-until.js';
 
 /** Greets with a 220 line, then echoes each line back prefixed with "250 ". */
-async function startLineServer(): Promise<{ port: number; connections: () => number; close(): Promise<void> }> {
+async function startEchoServer(): Promise<{ port: number; connections: () => number; close(): Promise<void> }> {
   let count = 0;
-  const sockets = new Set<net.Socket>();
-  const server = net.createServer((sock) => {
-    count++;
-    sockets.add(sock);
-    sock.on('close', () => sockets.delete(sock));
-    sock.on('error', () => {});
-    sock.setNoDelay(true);
-    sock.write('220 onion-mx.test ESMTP ready\r\n');
-    let buf = '';
-    sock.setEncoding('utf8');
-    sock.on('data', (d: string) => {
-      buf += d;
-      let i: number;
-      while ((i = buf.indexOf('\r\n')) >= 0) {
-        const line = buf.slice(0, i);
-        buf = buf.slice(i + 2);
+  const server = await startLineServer({
+    connection: (sock) => {
+      count++;
+      sock.setNoDelay(true);
+      sock.write('220 onion-mx.test ESMTP ready\r\n');
+      return (line) => {
         sock.write(`250 ${line}\r\n`);
-      }
-    });
-  });
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', () => resolve()));
-  return {
-    port: (server.address() as net.AddressInfo).port,
-    connections: () => count,
-    close: async () => {
-      for (const s of sockets) s.destroy();
-      await new Promise<void>((resolve) => server.close(() => resolve()));
+      };
     },
-  };
+  });
+  return { port: server.port, connections: () => count, close: server.close };
 }
-
 
 async function expectTorError(p: Promise<unknown>): Promise<TorConnectError> {
   try {
@@ -71,7 +53,7 @@ const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floo
 describe('private Tor network: transport and resolver through real tor', { timeout: 180_000 }, () => {
   let dir: string;
   let tor: TorNetwork | undefined;
-  let mx: Awaited<ReturnType<typeof startLineServer>>;
+  let mx: Awaited<ReturnType<typeof startEchoServer>>;
   let exitDns: TestDnsServer;
   let smtp: SMTPServer;
   let smtpPort: number;
@@ -81,7 +63,7 @@ describe('private Tor network: transport and resolver through real tor', { timeo
   before(
     async () => {
       dir = await mkdtemp(path.join(os.tmpdir(), 'onionpost-tor-'));
-      mx = await startLineServer();
+      mx = await startEchoServer();
       exitDns = await startDnsServer({ 'mail.example.test': { a: ['127.0.0.1'] } });
       smtp = new SMTPServer({
         disableReverseLookup: true,

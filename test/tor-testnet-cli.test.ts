@@ -12,21 +12,13 @@ import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { findNetworkTors, type TorNetworkDescription } from '../scripts/tor-testnet-lib.js';
 import { openTorConnection } from '../src/delivery/transport.js';
-import { ROOT } from './helpers/cli.js';
+import { outputOf, ROOT, type CliResult } from './helpers/cli.js';
 
 const SCRIPT = path.join(ROOT, 'scripts', 'tor-testnet');
 
-function runScript(args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve, reject) => {
-    const child = spawn('bash', [SCRIPT, ...args], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.setEncoding('utf8').on('data', (d: string) => (stdout += d));
-    child.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d));
-    child.on('error', reject);
-    // 'close': all stdio closed, so no tor kept the pipes open.
-    child.on('close', (code) => resolve({ code, stdout, stderr }));
-  });
+/** Resolves when all stdio is closed, so no tor kept the pipes open. */
+function runScript(args: string[]): Promise<CliResult> {
+  return outputOf(spawn('bash', [SCRIPT, ...args], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] }));
 }
 
 function startOwner(): ChildProcess {

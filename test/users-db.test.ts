@@ -7,6 +7,7 @@ import path from 'node:path';
 import { pino } from 'pino';
 import { UserDb, UserDbError } from '../src/users/user-db.js';
 import { shaCryptHash } from '../src/users/password-hash.js';
+import { sleep } from './helpers/wait-for.js';
 
 function tmpDir(t: { after: (fn: () => void) => void }): string {
   const dir = mkdtempSync(path.join(os.tmpdir(), 'onionpost-users-'));
@@ -21,7 +22,6 @@ function memoryLogger(): { logger: pino.Logger; lines: Array<Record<string, unkn
   return { logger, lines };
 }
 
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 test('missing file: no users, no error; add creates it with mode 0600', async (t) => {
   const dir = tmpDir(t);

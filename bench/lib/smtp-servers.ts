@@ -18,12 +18,8 @@ import { existsSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs
 import { chmod, chown, mkdir, readdir, unlink, writeFile } from 'node:fs/promises';
 import net from 'node:net';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { freePort } from '../../test/helpers/ports.js';
-
-/** Project root (dist/bench/lib -> root). */
-export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
-const BIN = path.join(ROOT, 'bin', 'onionpost.js');
+import { spawnBenchDaemon } from './onionpost-daemon.js';
 
 export interface BenchServer {
   name: string;
@@ -95,39 +91,22 @@ export async function startOnionpost(options: OnionpostOptions): Promise<BenchSe
   await writeFile(usersFile, options.users.map((u) => `${u}:!::::::\n`).join(''), { mode: 0o600 });
   const port = await freePort();
   const imapPort = await freePort();
-  const configFile = path.join(dir, 'onionpost.toml');
-  await writeFile(
-    configFile,
-    [
-      'data_dir = "data"',
-      `domain = ${JSON.stringify(domain)}`,
-      '[smtp]',
-      `port = ${port}`,
-      'max_recipients = 100',
-      '[submission]',
-      'port = 0',
-      'tls_port = 0',
-      '[imap]',
-      `port = ${imapPort}`,
-      'tls_port = 0',
-      '[users]',
-      `file = ${JSON.stringify(usersFile)}`,
-      // The default log level (info: a line per message), as deployed; OpenSMTPD logs each
-      // message too (-d, to the same kind of pipe). BENCH_SMTP_LOG_LEVEL overrides it.
-      '[log]',
-      `level = ${JSON.stringify(process.env.BENCH_SMTP_LOG_LEVEL || 'info')}`,
-      '[tor]',
-      'control = ""',
-      '',
-    ].join('\n'),
-  );
-  const nodeArgs = options.cpuProfDir ? ['--cpu-prof', `--cpu-prof-dir=${options.cpuProfDir}`] : [];
-  const child = spawn(process.execPath, [...nodeArgs, BIN, '--config', configFile, 'start'], { cwd: dir, stdio: ['ignore', 'pipe', 'pipe'] });
+  const { child, stop: stopDaemon } = await spawnBenchDaemon({
+    dir,
+    domain,
+    smtpPort: port,
+    imapPort,
+    usersFile,
+    smtpSettings: ['max_recipients = 100'],
+    // The default log level (info: a line per message), as deployed; OpenSMTPD logs each
+    // message too (-d, to the same kind of pipe). BENCH_SMTP_LOG_LEVEL overrides it.
+    logLevel: process.env.BENCH_SMTP_LOG_LEVEL || 'info',
+    cpuProfDir: options.cpuProfDir,
+  });
   const err = keepTail(4000);
   let out = '';
-  child.stdout!.setEncoding('utf8').on('data', (d: string) => (out = (out + d).slice(-4000)));
-  child.stderr!.setEncoding('utf8').on('data', (d: string) => err.add(d));
-  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+  child.stdout.on('data', (d: string) => (out = (out + d).slice(-4000)));
+  child.stderr.on('data', (d: string) => err.add(d));
   await waitForGreeting(port, 30_000, () => (child.exitCode !== null || child.signalCode !== null ? `onionpost exited (${child.exitCode ?? child.signalCode})\n${out}\n${err.get()}` : null));
   const dataDir = path.join(dir, 'data');
   return {
@@ -138,10 +117,7 @@ export async function startOnionpost(options: OnionpostOptions): Promise<BenchSe
     maildirOf: (user) => path.join(dataDir, 'mail', user),
     log: () => err.get(),
     async stop() {
-      if (child.exitCode === null && child.signalCode === null) child.kill('SIGTERM');
-      const timer = setTimeout(() => child.kill('SIGKILL'), 20_000);
-      await exited;
-      clearTimeout(timer);
+      await stopDaemon();
     },
   };
 }
@@ -166,24 +142,26 @@ export function opensmtpdUnavailable(): string | null {
   return null;
 }
 
-/** Pids of processes named smtpd (from /proc; Linux). */
-function smtpdPids(): number[] {
-  const pids: number[] = [];
+/** Pids of the processes for which `match(pid)` holds (from /proc; none elsewhere). */
+function pidsWhere(match: (pid: string) => boolean): number[] {
   let entries: string[] = [];
   try {
     entries = readdirSync('/proc');
   } catch {
-    return pids;
+    return [];
   }
-  for (const e of entries) {
-    if (!/^\d+$/.test(e)) continue;
+  return entries.filter((e) => /^\d+$/.test(e) && match(e)).map(Number);
+}
+
+/** Pids of processes named smtpd (from /proc; Linux). */
+function smtpdPids(): number[] {
+  return pidsWhere((pid) => {
     try {
-      if (readFileSync(`/proc/${e}/comm`, 'utf8').trim() === 'smtpd') pids.push(Number(e));
+      return readFileSync(`/proc/${pid}/comm`, 'utf8').trim() === 'smtpd';
     } catch {
-      // gone
+      return false; // gone
     }
-  }
-  return pids;
+  });
 }
 
 /** /proc/PID/stat fields after the command name (index 0 = state), or null. */
@@ -199,19 +177,10 @@ function procStat(pid: number | string): string[] | null {
 
 /** Pids in process group `pgid` (from /proc). */
 function groupPids(pgid: number): number[] {
-  const pids: number[] = [];
-  let entries: string[] = [];
-  try {
-    entries = readdirSync('/proc');
-  } catch {
-    return pids;
-  }
-  for (const e of entries) {
-    if (!/^\d+$/.test(e)) continue;
-    const f = procStat(e);
-    if (f !== null && Number(f[2]) === pgid) pids.push(Number(e));
-  }
-  return pids;
+  return pidsWhere((pid) => {
+    const f = procStat(pid);
+    return f !== null && Number(f[2]) === pgid;
+  });
 }
 
 /** utime + stime + cutime + cstime of the processes, ms (Linux; 0 elsewhere). */

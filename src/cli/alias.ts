@@ -7,6 +7,8 @@ import { AliasDb, AliasDbError, type AliasDbErrorCode } from '../users/aliases.j
 import { RecipientResolver } from '../users/recipients.js';
 import { UserDb } from '../users/user-db.js';
 import { CliError, type CliIO, type CommandGroup } from './command.js';
+import { splitSubcommandArgs, usageError as usageErrorOf } from './subcommand-args.js';
+import { tableFileCommand } from './table-file-command.js';
 
 export const ALIAS_USAGE = `usage: onionpost alias <subcommand> [arguments]
 
@@ -36,7 +38,7 @@ const EXIT: Record<AliasDbErrorCode, number> = {
 };
 
 function usageError(message: string): CliError {
-  return new CliError(`${message}\n\n${ALIAS_USAGE}`, 64);
+  return usageErrorOf(ALIAS_USAGE, message);
 }
 
 interface Parsed {
@@ -46,16 +48,10 @@ interface Parsed {
 }
 
 function parseArgs(args: string[]): Parsed | 'help' {
-  if (args.length === 0) throw usageError('alias: a subcommand is missing');
-  if (args.some((a) => a === '-h' || a === '--help') || args[0] === 'help') return 'help';
-  const [sub, ...rest] = args as [string, ...string[]];
-  const positional: string[] = [];
-  let only = false;
-  for (const a of rest) {
-    if (!only && a === '--') only = true;
-    else if (!only && a.startsWith('-') && a.length > 1) throw usageError(`alias ${sub}: unknown option "${a}"`);
-    else positional.push(a);
-  }
+  // No options at all; an unknown subcommand is reported after an unknown option.
+  const split = splitSubcommandArgs({ group: 'alias', usage: ALIAS_USAGE, optionsOf: () => [] }, args);
+  if (split === 'help') return 'help';
+  const { sub, positional } = split;
   switch (sub) {
     case 'list':
       if (positional.length > 0) throw usageError(`alias list: unexpected argument "${positional[0]}"`);
@@ -72,19 +68,13 @@ function parseArgs(args: string[]): Parsed | 'help' {
   }
 }
 
-const aliasCommand: CommandGroup = async (args, ctx) => {
-  const parsed = parseArgs(args);
-  if (parsed === 'help') {
-    ctx.io.stdout.write(ALIAS_USAGE);
-    return 0;
-  }
-  const config = ctx.config();
-  const db = new AliasDb(config.users.aliases, { localDomains: config.localDomains });
-  const { io } = ctx;
-  const warnProblems = () => {
-    for (const p of db.problems) io.stderr.write(`onionpost: warning: ${p}\n`);
-  };
-  try {
+const aliasCommand: CommandGroup = tableFileCommand({
+  usage: ALIAS_USAGE,
+  parse: parseArgs,
+  open: (config) => new AliasDb(config.users.aliases, { localDomains: config.localDomains }),
+  errorClass: AliasDbError,
+  exitCodes: EXIT,
+  async run(parsed, { config, db, io, warnProblems }) {
     switch (parsed.sub) {
       case 'list': {
         const aliases = db.list();
@@ -118,11 +108,8 @@ const aliasCommand: CommandGroup = async (args, ctx) => {
         return 0;
       }
     }
-  } catch (err) {
-    if (err instanceof AliasDbError) throw new CliError(err.message, EXIT[err.code]);
-    throw err;
-  }
-};
+  },
+});
 
 export default aliasCommand;
 

@@ -4,15 +4,7 @@
  */
 import { closeSync, fsyncSync, openSync, readFileSync, unlinkSync, writeSync } from 'node:fs';
 import { CliError } from './command.js';
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
+import { processAlive } from './process-alive.js';
 
 export class PidFile {
   private constructor(readonly file: string) {}
@@ -40,7 +32,7 @@ export class PidFile {
       } catch {
         /* vanished meanwhile: retry */
       }
-      if (Number.isInteger(pid) && pid > 0 && pid !== process.pid && alive(pid)) {
+      if (Number.isInteger(pid) && pid > 0 && pid !== process.pid && processAlive(pid)) {
         throw new CliError(`another onionpost (pid ${pid}) is already running on ${what} (${file}); stop it first`, 75);
       }
       try {

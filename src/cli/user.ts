@@ -9,6 +9,8 @@ import { parsePasswd, validateUserName, type PasswdEntryLine } from '../users/pa
 import { describeScheme } from '../users/password-hash.js';
 import { UserDb, UserDbError, type UserDbErrorCode } from '../users/user-db.js';
 import { CliError, type CliIO, type CommandGroup } from './command.js';
+import { splitSubcommandArgs, usageError as usageErrorOf } from './subcommand-args.js';
+import { tableFileCommand } from './table-file-command.js';
 
 export const USER_USAGE = `usage: onionpost user <subcommand> [arguments]
 
@@ -44,36 +46,25 @@ interface Parsed {
   dryRun: boolean;
 }
 
-const SUBCOMMANDS: Record<string, { takesName: boolean; takesPassword: boolean; takesDryRun?: boolean }> = {
-  import: { takesName: true, takesPassword: false, takesDryRun: true },
-  add: { takesName: true, takesPassword: true },
-  passwd: { takesName: true, takesPassword: true },
-  del: { takesName: true, takesPassword: false },
-  list: { takesName: false, takesPassword: false },
+const SUBCOMMANDS: Record<string, { takesName: boolean; options: readonly string[] }> = {
+  import: { takesName: true, options: ['--dry-run'] },
+  add: { takesName: true, options: ['--password-stdin'] },
+  passwd: { takesName: true, options: ['--password-stdin'] },
+  del: { takesName: true, options: [] },
+  list: { takesName: false, options: [] },
 };
 
 function usageError(message: string): CliError {
-  return new CliError(`${message}\n\n${USER_USAGE}`, 64);
+  return usageErrorOf(USER_USAGE, message);
 }
 
 function parseArgs(args: string[]): Parsed | 'help' {
-  if (args.length === 0) throw usageError('user: a subcommand is missing');
-  if (args.some((a) => a === '-h' || a === '--help') || args[0] === 'help') return 'help';
-  const [sub, ...rest] = args as [string, ...string[]];
-  const spec = SUBCOMMANDS[sub];
-  if (!spec) throw usageError(`user: unknown subcommand "${sub}"`);
-  const positional: string[] = [];
-  let passwordStdin = false;
-  let dryRun = false;
-  let onlyPositional = false;
-  for (const a of rest) {
-    if (!onlyPositional && a === '--') onlyPositional = true;
-    else if (!onlyPositional && a === '--password-stdin' && spec.takesPassword) passwordStdin = true;
-    else if (!onlyPositional && a === '--dry-run' && spec.takesDryRun) dryRun = true;
-    else if (!onlyPositional && a.startsWith('-') && a !== '-') throw usageError(`user ${sub}: unknown option "${a}"`);
-    else positional.push(a);
-  }
-  if (spec.takesName) {
+  const split = splitSubcommandArgs({ group: 'user', usage: USER_USAGE, optionsOf: (sub) => SUBCOMMANDS[sub]?.options }, args);
+  if (split === 'help') return 'help';
+  const { sub, positional, options } = split;
+  const passwordStdin = options.has('--password-stdin');
+  const dryRun = options.has('--dry-run');
+  if (SUBCOMMANDS[sub]!.takesName) {
     const what = sub === 'import' ? 'FILE' : 'NAME';
     if (positional.length === 0) throw usageError(`user ${sub}: the ${sub === 'import' ? 'passwd-FILE' : 'user NAME'} is missing`);
     if (positional.length > 1) throw usageError(`user ${sub}: only one ${what}, got ${positional.length}`);
@@ -83,19 +74,13 @@ function parseArgs(args: string[]): Parsed | 'help' {
   return { sub, passwordStdin, dryRun };
 }
 
-const userCommand: CommandGroup = async (args, ctx) => {
-  const parsed = parseArgs(args);
-  if (parsed === 'help') {
-    ctx.io.stdout.write(USER_USAGE);
-    return 0;
-  }
-  const config = ctx.config();
-  const db = new UserDb(config.users.file, { localDomains: config.localDomains });
-  const { io } = ctx;
-  const warnProblems = () => {
-    for (const p of db.problems) io.stderr.write(`onionpost: warning: ${p}\n`);
-  };
-  try {
+const userCommand: CommandGroup = tableFileCommand({
+  usage: USER_USAGE,
+  parse: parseArgs,
+  open: (config) => new UserDb(config.users.file, { localDomains: config.localDomains }),
+  errorClass: UserDbError,
+  exitCodes: EXIT,
+  async run(parsed, { config, db, io, warnProblems }) {
     switch (parsed.sub) {
       case 'list': {
         const users = db.list();
@@ -138,11 +123,8 @@ const userCommand: CommandGroup = async (args, ctx) => {
       }
     }
     throw usageError(`user: unknown subcommand "${parsed.sub}"`);
-  } catch (err) {
-    if (err instanceof UserDbError) throw new CliError(err.message, EXIT[err.code]);
-    throw err;
-  }
-};
+  },
+});
 
 export default userCommand;
 

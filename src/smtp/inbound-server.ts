@@ -31,6 +31,7 @@ import type { Logger } from '../log/logger.js';
 import type { MailStore } from '../store/types.js';
 import { createDispatcher, type MessageQueue } from './dispatch.js';
 import { checkDsnParams, messageDsnOf } from './dsn-extension.js';
+import { addressHandler, commonListenerOptions } from './listener-options.js';
 import { dataHandler } from './message.js';
 import { OnionSmtpServer, smtpError, smtpListener, type SmtpListener } from './onion-smtp-server.js';
 import type { RelayPolicy } from './policy.js';
@@ -74,7 +75,7 @@ export interface InboundSmtpOptions {
 export type InboundSmtpServer = SmtpListener;
 
 export function createInboundSmtpServer(options: InboundSmtpOptions): InboundSmtpServer {
-  const { domain, resolveRecipient, maxMessageSize, maxRecipients, relay, queue } = options;
+  const { domain, resolveRecipient, maxMessageSize, relay, queue } = options;
   const log = options.logger.child({ component: 'smtp-inbound' });
   const primary = domain.toLowerCase();
   const dispatch = createDispatcher({ domain: primary, store: options.store, prepareRecipient: options.prepareRecipient, queue, logger: log });
@@ -174,29 +175,11 @@ export function createInboundSmtpServer(options: InboundSmtpOptions): InboundSmt
 
   const server = new OnionSmtpServer(
     {
-      name: primary,
-      heloResponse: '%s',
-      size: maxMessageSize,
-      rejectOversized: true,
-      maxRecipients,
-      maxClients: options.maxClients ?? 100,
-      socketTimeout: options.socketTimeoutMs ?? 5 * 60 * 1000,
-      closeTimeout: options.closeTimeoutMs ?? 10 * 1000,
-      maxCommandLength: options.maxCommandLength ?? 4096,
-      disableReverseLookup: true,
+      ...commonListenerOptions(primary, options, 4096),
       authOptional: true,
       disabledCommands: options.tls ? ['AUTH'] : ['AUTH', 'STARTTLS'],
-      hideSTARTTLS: false,
-      hideENHANCEDSTATUSCODES: false,
-      hideDSN: false,
-      logger: false,
       ...(options.tls ? { key: options.tls.key, cert: options.tls.cert, minVersion: 'TLSv1.2' as const } : {}),
-      onRcptTo(address, session, callback) {
-        onRcptTo(address, session).then(
-          () => callback(),
-          (err: Error) => callback(err),
-        );
-      },
+      onRcptTo: addressHandler(onRcptTo),
       onData,
     },
     { checkParams: checkDsnParams },

@@ -43,6 +43,7 @@ import { parseAddressList } from './address-header.js';
 import { AuthThrottle } from './auth-throttle.js';
 import { createDispatcher, type MessageQueue } from './dispatch.js';
 import { checkDsnParams, messageDsnOf } from './dsn-extension.js';
+import { addressHandler, commonListenerOptions } from './listener-options.js';
 import { BLIND_COPY_FIELDS, dataHandler, fieldsNamed, newMessageId, parseHeader, withoutFields } from './message.js';
 import { OnionSmtpServer, smtpError, smtpListener, type SmtpListener } from './onion-smtp-server.js';
 import type { RelayPolicy } from './policy.js';
@@ -90,7 +91,7 @@ export function isLoopback(address: string | undefined): boolean {
 }
 
 export function createSubmissionServer(options: SubmissionOptions): SubmissionServer {
-  const { domain, resolveRecipient, relay, maxMessageSize, maxRecipients } = options;
+  const { domain, resolveRecipient, relay, maxMessageSize } = options;
   const primary = domain.toLowerCase();
   const log = options.logger.child({ component: options.implicitTls ? 'submissions' : 'submission' });
   const throttle = options.throttle ?? new AuthThrottle();
@@ -252,21 +253,12 @@ export function createSubmissionServer(options: SubmissionOptions): SubmissionSe
 
   const server = new OnionSmtpServer(
     {
-      name: primary,
-      heloResponse: '%s',
+      ...commonListenerOptions(primary, options, 8192),
       secure: options.implicitTls,
       key: options.tls.key,
       cert: options.tls.cert,
       minVersion: 'TLSv1.2',
-      size: maxMessageSize,
-      rejectOversized: true,
-      maxRecipients,
-      maxClients: options.maxClients ?? 100,
-      socketTimeout: options.socketTimeoutMs ?? 5 * 60 * 1000,
-      closeTimeout: options.closeTimeoutMs ?? 10 * 1000,
-      maxCommandLength: options.maxCommandLength ?? 8192,
       maxAllowedUnauthenticatedCommands: options.maxUnauthenticatedCommands ?? 10,
-      disableReverseLookup: true,
       authOptional: false,
       authMethods: ['PLAIN', 'LOGIN'],
       // Our authAllowed hook decides (TLS, or loopback when allowed); smtp-server's own
@@ -274,28 +266,14 @@ export function createSubmissionServer(options: SubmissionOptions): SubmissionSe
       allowInsecureAuth: true,
       authRequiredMessage: '5.7.0 Authentication required',
       disabledCommands: options.implicitTls ? ['STARTTLS'] : [],
-      hideSTARTTLS: false,
-      hideENHANCEDSTATUSCODES: false,
-      hideDSN: false,
-      logger: false,
       onAuth(auth, session, callback) {
         onAuth(auth, session).then(
           (response) => callback(null, response),
           (err: Error) => callback(err),
         );
       },
-      onMailFrom(address, session, callback) {
-        onMailFrom(address, session).then(
-          () => callback(),
-          (err: Error) => callback(err),
-        );
-      },
-      onRcptTo(address, session, callback) {
-        onRcptTo(address, session).then(
-          () => callback(),
-          (err: Error) => callback(err),
-        );
-      },
+      onMailFrom: addressHandler(onMailFrom),
+      onRcptTo: addressHandler(onRcptTo),
       onData,
       onClose(session) {
         authFailures.delete(session.id);

@@ -30,9 +30,8 @@
  * is written back byte for byte.
  */
 import path from 'node:path';
-import type { Logger } from '../log/logger.js';
 import { FileUpdateError } from './file-update.js';
-import { WatchedFile } from './watched-file.js';
+import { WatchedFile, type WatchedFileOptions } from './watched-file.js';
 
 export interface Alias {
   /** The key as written, lower-cased: `info` or `info@mail.example`. */
@@ -53,14 +52,9 @@ export class AliasDbError extends Error {
   }
 }
 
-export interface AliasDbOptions {
-  logger?: Logger;
+export interface AliasDbOptions extends WatchedFileOptions {
   /** Our domains (lower case): keys `name@domain` must use one of them. */
   localDomains?: string[];
-  /** Least time between two freshness checks (stat) of the file, ms. Default 1000. */
-  checkIntervalMs?: number;
-  /** How long a writer waits for the lock file, ms. Default 10000. */
-  lockTimeoutMs?: number;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -309,24 +303,13 @@ const EMPTY: Snapshot = { byKey: new Map(), order: [] };
 
 export class AliasDb {
   readonly file: string;
-  private readonly logger: Logger | undefined;
   private readonly localDomains: string[];
   private readonly watched: WatchedFile<Snapshot>;
 
   constructor(file: string, options: AliasDbOptions = {}) {
     this.file = path.resolve(file);
-    this.logger = options.logger;
     this.localDomains = (options.localDomains ?? []).map((d) => d.toLowerCase().replace(/\.$/, ''));
-    this.watched = new WatchedFile<Snapshot>({
-      file: this.file,
-      noun: 'aliases',
-      empty: EMPTY,
-      parse: (text) => this.build(text),
-      count: (snap) => snap.order.length,
-      logger: this.logger,
-      checkIntervalMs: options.checkIntervalMs,
-      lockTimeoutMs: options.lockTimeoutMs,
-    });
+    this.watched = new WatchedFile<Snapshot>({ file: this.file, noun: 'aliases', empty: EMPTY, parse: (text) => this.build(text) }, options);
   }
 
   /** Problems found the last time the file was read ("file:line: message"). */
@@ -423,7 +406,7 @@ export class AliasDb {
 
   // -------------------------------------------------------------------------------------
 
-  private build(text: string): { doc: AliasDocument; snap: Snapshot; problems: string[] } {
+  private build(text: string): { doc: AliasDocument; snap: Snapshot; problems: AliasProblem[] } {
     const { doc, problems } = parseAliases(text, this.localDomains);
     const snap: Snapshot = { byKey: new Map(), order: [] };
     for (const line of doc.lines) {
@@ -432,7 +415,7 @@ export class AliasDb {
       snap.byKey.set(line.key, alias);
       snap.order.push(alias);
     }
-    return { doc, snap, problems: problems.map((p) => `${this.file}:${p.line}: ${p.message}`) };
+    return { doc, snap, problems };
   }
 
   /** Locked read-modify-write of the file. */

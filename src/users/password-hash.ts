@@ -348,15 +348,20 @@ function* shaCryptSteps(password: Buffer, s: ShaCryptSetting): Generator<void, s
   return head + encodeDigest(algo, A);
 }
 
+/** The steps of a SHA-crypt run (see shaCryptSteps), or null when `setting` is not a SHA-crypt one. */
+function startShaCrypt(password: string | Buffer, setting: string): Generator<void, string, void> | null {
+  const s = parseShaSetting(setting);
+  if (!s) return null;
+  return shaCryptSteps(typeof password === 'string' ? Buffer.from(password, 'utf8') : password, s);
+}
+
 /**
  * crypt(3) for `$5$`/`$6$` settings (`$6$[rounds=N$]salt[$...]`): returns the full hash
  * string, or null when the setting is not a SHA-crypt one. Blocks for the whole run.
  */
 export function shaCryptSync(password: string | Buffer, setting: string): string | null {
-  const s = parseShaSetting(setting);
-  if (!s) return null;
-  const pw = typeof password === 'string' ? Buffer.from(password, 'utf8') : password;
-  const it = shaCryptSteps(pw, s);
+  const it = startShaCrypt(password, setting);
+  if (!it) return null;
   for (;;) {
     const r = it.next();
     if (r.done) return r.value;
@@ -365,10 +370,8 @@ export function shaCryptSync(password: string | Buffer, setting: string): string
 
 /** Like shaCryptSync, but yields to the event loop every few thousand rounds. */
 export async function shaCrypt(password: string | Buffer, setting: string): Promise<string | null> {
-  const s = parseShaSetting(setting);
-  if (!s) return null;
-  const pw = typeof password === 'string' ? Buffer.from(password, 'utf8') : password;
-  const it = shaCryptSteps(pw, s);
+  const it = startShaCrypt(password, setting);
+  if (!it) return null;
   for (;;) {
     const r = it.next();
     if (r.done) return r.value;

@@ -16,7 +16,7 @@ import { randomBytes } from 'node:crypto';
 import path from 'node:path';
 import type { Logger } from '../log/logger.js';
 import { FileUpdateError } from './file-update.js';
-import { WatchedFile } from './watched-file.js';
+import { WatchedFile, type WatchedFileOptions } from './watched-file.js';
 import { checkPassword, describeScheme, hashPassword, MAX_PASSWORD_BYTES } from './password-hash.js';
 import {
   appendLine,
@@ -29,6 +29,7 @@ import {
   validateUserName,
   type PasswdDocument,
   type PasswdEntryLine,
+  type PasswdProblem,
 } from './passwd-file.js';
 
 export interface User {
@@ -48,14 +49,9 @@ export interface User {
   scheme: string;
 }
 
-export interface UserDbOptions {
-  logger?: Logger;
+export interface UserDbOptions extends WatchedFileOptions {
   /** Domains whose addresses name our users (`alice@<domain>` logs in as `alice`). Lower case. */
   localDomains?: string[];
-  /** Least time between two freshness checks (stat) of the file, ms. Default 1000. */
-  checkIntervalMs?: number;
-  /** How long a writer waits for the lock file before giving up, ms. Default 10000. */
-  lockTimeoutMs?: number;
   /**
    * Password checks running at once; more wait their turn. Default 2. An argon2id check
    * takes ~180 ms and 64 MiB on libuv's thread pool (4 threads by default), which the
@@ -125,16 +121,7 @@ export class UserDb {
     this.file = path.resolve(file);
     this.logger = loggerOrOptions ?? options.logger;
     this.localDomains = (options.localDomains ?? []).map((d) => d.toLowerCase());
-    this.watched = new WatchedFile<Snapshot>({
-      file: this.file,
-      noun: 'users',
-      empty: EMPTY,
-      parse: (text) => this.build(text),
-      count: (snap) => snap.order.length,
-      logger: this.logger,
-      checkIntervalMs: options.checkIntervalMs,
-      lockTimeoutMs: options.lockTimeoutMs,
-    });
+    this.watched = new WatchedFile<Snapshot>({ file: this.file, noun: 'users', empty: EMPTY, parse: (text) => this.build(text) }, { ...options, logger: this.logger });
     this.maxVerifications = Math.max(1, options.maxConcurrentVerifications ?? 2);
   }
 
@@ -315,7 +302,7 @@ export class UserDb {
     return snap.byName.get(local) ?? snap.byName.get(`${local}@${domain}`);
   }
 
-  private build(text: string): { doc: PasswdDocument; snap: Snapshot; problems: string[] } {
+  private build(text: string): { doc: PasswdDocument; snap: Snapshot; problems: PasswdProblem[] } {
     const { doc, problems } = parsePasswd(text);
     const snap: Snapshot = { byName: new Map(), order: [] };
     for (const line of doc.lines) {
@@ -339,7 +326,7 @@ export class UserDb {
       snap.byName.set(name, entry);
       snap.order.push(entry);
     }
-    return { doc, snap, problems: problems.map((p) => `${this.file}:${p.line}: ${p.message}`) };
+    return { doc, snap, problems };
   }
 
   /**

@@ -11,28 +11,45 @@ import path from 'node:path';
 import type { Logger } from '../log/logger.js';
 import { fileSignature, ioError, isErrno, lockFile, writeFileAtomic } from './file-update.js';
 
-export interface ParsedFile<S> {
-  snap: S;
-  /** "file:line: message" for lines that were skipped. */
-  problems: string[];
+/** A line of the file that was skipped (or partly ignored), and why. */
+export interface LineProblem {
+  /** 1-based line number. */
+  line: number;
+  message: string;
 }
 
-export interface WatchedFileOptions<S> {
+/** A table read from the file: its entries in file order, plus whatever else it indexes. */
+export interface TableSnapshot {
+  order: readonly unknown[];
+}
+
+export interface ParsedFile<S> {
+  snap: S;
+  problems: LineProblem[];
+}
+
+/** What the file holds and how it is parsed. */
+export interface WatchedTable<S> {
   file: string;
   /** What the file holds, for log lines: "users", "aliases". */
   noun: string;
   empty: S;
   parse: (text: string) => ParsedFile<S>;
-  /** Number of entries, for the debug line after a load. */
-  count: (snap: S) => number;
+}
+
+/** The options every table file takes (UserDbOptions, AliasDbOptions). */
+export interface WatchedFileOptions {
   logger?: Logger;
+  /** Least time between two freshness checks (stat) of the file, ms. Default 1000. */
   checkIntervalMs?: number;
+  /** How long a writer waits for the lock file before giving up, ms. Default 10000. */
   lockTimeoutMs?: number;
 }
 
-export class WatchedFile<S> {
+export class WatchedFile<S extends TableSnapshot> {
   readonly file: string;
-  private readonly opts: WatchedFileOptions<S>;
+  private readonly table: WatchedTable<S>;
+  private readonly logger: Logger | undefined;
   private readonly checkIntervalMs: number;
   private readonly lockTimeoutMs: number;
   private snap: S;
@@ -43,12 +60,13 @@ export class WatchedFile<S> {
   /** Serializes this instance's own writes (the lock file serializes processes). */
   private writeChain: Promise<unknown> = Promise.resolve();
 
-  constructor(opts: WatchedFileOptions<S>) {
-    this.opts = opts;
-    this.file = path.resolve(opts.file);
-    this.snap = opts.empty;
-    this.checkIntervalMs = opts.checkIntervalMs ?? 1000;
-    this.lockTimeoutMs = opts.lockTimeoutMs ?? 10_000;
+  constructor(table: WatchedTable<S>, options: WatchedFileOptions = {}) {
+    this.table = table;
+    this.file = path.resolve(table.file);
+    this.snap = table.empty;
+    this.logger = options.logger;
+    this.checkIntervalMs = options.checkIntervalMs ?? 1000;
+    this.lockTimeoutMs = options.lockTimeoutMs ?? 10_000;
   }
 
   /** The current snapshot (re-read first if the file changed). */
@@ -57,6 +75,7 @@ export class WatchedFile<S> {
     return this.snap;
   }
 
+  /** Problems found the last time the file was read ("file:line: message"). */
   get problems(): readonly string[] {
     this.refresh();
     return this.lastProblems;
@@ -90,7 +109,7 @@ export class WatchedFile<S> {
         // A symlinked file stays a symlink: we replace what it points to.
         const target = await fsp.realpath(this.file).catch(() => this.file);
         await writeFileAtomic(target, out, owner);
-        const rebuilt = this.opts.parse(out);
+        const rebuilt = this.table.parse(out);
         this.install(rebuilt.snap, rebuilt.problems, fileSignature(await fsp.stat(this.file)));
         this.lastCheck = Date.now();
         return rebuilt.snap;
@@ -114,7 +133,7 @@ export class WatchedFile<S> {
     } catch (err) {
       if (isErrno(err, 'ENOENT')) sig = 'missing';
       else {
-        this.opts.logger?.error({ file: this.file, err: (err as Error).message }, `cannot stat the ${this.opts.noun} file`);
+        this.logger?.error({ file: this.file, err: (err as Error).message }, `cannot stat the ${this.table.noun} file`);
         if (this.sig === null) this.sig = 'error';
         return;
       }
@@ -124,14 +143,15 @@ export class WatchedFile<S> {
 
   /** Reads and parses the file (synchronously: it is small, and only read when it changed). */
   private load(): void {
-    const { logger, noun } = this.opts;
+    const { logger } = this;
+    const { noun } = this.table;
     let fd: number;
     try {
       fd = openSync(this.file, 'r');
     } catch (err) {
       if (isErrno(err, 'ENOENT')) {
         if (this.sig !== 'missing' && this.sig !== null) logger?.warn({ file: this.file }, `${noun} file is gone: no ${noun}`);
-        this.install(this.opts.empty, [], 'missing');
+        this.install(this.table.empty, [], 'missing');
         return;
       }
       logger?.error({ file: this.file, err: (err as Error).message }, `cannot read the ${noun} file; keeping the previous ${noun}`);
@@ -141,9 +161,9 @@ export class WatchedFile<S> {
     try {
       const st = fstatSync(fd);
       const text = readFileSync(fd, 'utf8');
-      const { snap, problems } = this.opts.parse(text);
+      const { snap, problems } = this.table.parse(text);
       this.install(snap, problems, fileSignature(st));
-      logger?.debug({ file: this.file, [noun]: this.opts.count(snap) }, `${noun} loaded`);
+      logger?.debug({ file: this.file, [noun]: snap.order.length }, `${noun} loaded`);
     } catch (err) {
       logger?.error({ file: this.file, err: (err as Error).message }, `cannot read the ${noun} file; keeping the previous ${noun}`);
       if (this.sig === null) this.sig = 'error';
@@ -153,9 +173,10 @@ export class WatchedFile<S> {
   }
 
   /** Makes a parsed file current; its problems are logged when they differ from the last ones. */
-  private install(snap: S, problems: string[], sig: string): void {
+  private install(snap: S, lineProblems: LineProblem[], sig: string): void {
+    const problems = lineProblems.map((p) => `${this.file}:${p.line}: ${p.message}`);
     if (problems.join('\n') !== this.lastProblems.join('\n')) {
-      for (const p of problems) this.opts.logger?.warn({ file: this.file }, p);
+      for (const p of problems) this.logger?.warn({ file: this.file }, p);
     }
     this.snap = snap;
     this.lastProblems = problems;

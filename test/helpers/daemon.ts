@@ -6,15 +6,19 @@ import path from 'node:path';
 import { BIN, ROOT } from './cli.js';
 import { freePort } from './ports.js';
 
-export interface Daemon {
-  dir: string;
-  configFile: string;
-  ports: { smtp: number; submission: number; submissions: number; imap: number; imaps: number };
+/** A running `onionpost start` process. */
+export interface DaemonProcess {
   child: ChildProcess;
   stdout: () => string;
   stderr: () => string;
   /** Sends SIGTERM and resolves with the exit code. */
   stop(): Promise<number | null>;
+}
+
+export interface Daemon extends DaemonProcess {
+  dir: string;
+  configFile: string;
+  ports: { smtp: number; submission: number; submissions: number; imap: number; imaps: number };
   /** Stops (if running) and removes the temp dir. */
   cleanup(): Promise<void>;
 }
@@ -36,6 +40,25 @@ export async function startDaemon(extraToml = '', options: StartDaemonOptions = 
       `[smtp]\nport = ${ports.smtp}\n[submission]\nport = ${ports.submission}\ntls_port = ${ports.submissions}\n[imap]\nport = ${ports.imap}\ntls_port = ${ports.imaps}\n[log]\nlevel = "warn"\n`,
   );
   await options.prepare?.(dir);
+  const daemon = await spawnDaemon(configFile, { args: options.args });
+  return {
+    dir,
+    configFile,
+    ports,
+    ...daemon,
+    cleanup: async () => {
+      await daemon.stop();
+      await rm(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+/**
+ * Runs `onionpost --config FILE start [args]` from the project root and resolves once its
+ * stdout matches `ready` (default: the "onionpost is running" line), within 20 s.
+ */
+export async function spawnDaemon(configFile: string, options: { args?: string[]; ready?: RegExp } = {}): Promise<DaemonProcess> {
+  const ready = options.ready ?? /onionpost is running/;
   const child = spawn(process.execPath, [BIN, '--config', configFile, 'start', ...(options.args ?? [])], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';
   let err = '';
@@ -45,7 +68,7 @@ export async function startDaemon(extraToml = '', options: StartDaemonOptions = 
   await new Promise<void>((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error(`daemon did not start in 20 s\nstdout: ${out}\nstderr: ${err}`)), 20_000);
     const check = (): void => {
-      if (out.includes('onionpost is running')) {
+      if (ready.test(out)) {
         clearTimeout(timer);
         resolve();
       }
@@ -64,17 +87,5 @@ export async function startDaemon(extraToml = '', options: StartDaemonOptions = 
     }
     return stopped;
   };
-  return {
-    dir,
-    configFile,
-    ports,
-    child,
-    stdout: () => out,
-    stderr: () => err,
-    stop,
-    cleanup: async () => {
-      await stop();
-      await rm(dir, { recursive: true, force: true });
-    },
-  };
+  return { child, stdout: () => out, stderr: () => err, stop };
 }

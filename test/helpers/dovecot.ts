@@ -20,6 +20,7 @@ import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { freePort } from './ports.js';
+import { waitFor } from './wait-for.js';
 
 export interface DovecotOptions {
   /** Directory holding one Maildir per user: `mail_location = maildir:<mailRoot>/%u`. */
@@ -180,14 +181,6 @@ function alive(pid: number): boolean {
   }
 }
 
-async function waitFor(what: string, ms: number, check: () => boolean | Promise<boolean>): Promise<void> {
-  const until = Date.now() + ms;
-  while (!(await check())) {
-    if (Date.now() > until) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 25));
-  }
-}
-
 /** Resolves when a connection to 127.0.0.1:port gets an IMAP greeting. */
 function greets(port: number): Promise<boolean> {
   return new Promise((resolve) => {
@@ -319,12 +312,12 @@ export async function startDovecot(options: DovecotOptions): Promise<Dovecot> {
     proc.stderr!.setEncoding('utf8').on('data', (d: string) => (output += d));
     const exited = new Promise<void>((resolve) => proc.once('exit', () => resolve()));
     proc.once('error', (err) => (output += String(err)));
-    await waitFor('Dovecot to greet on its IMAP port', 15_000, async () => {
+    await waitFor('Dovecot to greet on its IMAP port', async () => {
       if (proc.exitCode !== null || proc.signalCode !== null) {
         throw new Error(`dovecot exited (${proc.exitCode ?? proc.signalCode}): ${output}\n${readLog()}`);
       }
       return greets(port);
-    });
+    }, 15_000);
     const pid = proc.pid!;
 
     let stopping: Promise<void> | null = null;
@@ -337,7 +330,7 @@ export async function startDovecot(options: DovecotOptions): Promise<Dovecot> {
         clearTimeout(timer);
         // The master stops its children; make sure none outlives it (they would hold the Maildir).
         const left = () => procs.filter((p) => alive(p.pid));
-        await waitFor('Dovecot processes to exit', 5000, () => left().length === 0).catch(() => {
+        await waitFor('Dovecot processes to exit', async () => left().length === 0, 5000).catch(() => {
           for (const p of left()) {
             try {
               process.kill(p.pid, 'SIGKILL');

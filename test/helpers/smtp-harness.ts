@@ -3,9 +3,11 @@
  * ephemeral ports, with a real users file (argon2id hashes), a real aliases file, a real
  * MaildirStore and a real outbound queue, all in one temp dir.
  */
-import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import assert from 'node:assert/strict';
 import os from 'node:os';
 import path from 'node:path';
+import { after, before } from 'node:test';
 import { OutboundQueue } from '../../src/delivery/queue.js';
 import { silentLogger } from '../../src/log/logger.js';
 import { AuthThrottle } from '../../src/smtp/auth-throttle.js';
@@ -19,6 +21,8 @@ import { randomOnionAddress } from '../../src/tor/onion-address.js';
 import { AliasDb } from '../../src/users/aliases.js';
 import { RecipientResolver } from '../../src/users/recipients.js';
 import { UserDb } from '../../src/users/user-db.js';
+import { maildirMessagesByAge } from './maildir-files.js';
+import { SmtpWire } from './smtp-wire.js';
 
 export const DOMAIN = randomOnionAddress();
 export const EXTRA_DOMAIN = 'mail.example';
@@ -130,25 +134,7 @@ export async function startHarness(options: HarnessOptions = {}): Promise<Harnes
     aliases,
     throttle,
     servers,
-    async inbox(user: string): Promise<Buffer[]> {
-      const root = path.join(dir, 'mail', user);
-      const out: Array<[string, Buffer]> = [];
-      for (const sub of ['new', 'cur']) {
-        let names: string[] = [];
-        try {
-          names = await readdir(path.join(root, sub));
-        } catch {
-          continue;
-        }
-        for (const name of names) out.push([name, await readFile(path.join(root, sub, name))]);
-      }
-      // Maildir names start with "<seconds>.M<microseconds>": order by that number pair.
-      const key = (name: string) => {
-        const m = /^(\d+)\.M(\d+)/.exec(name);
-        return m ? Number(m[1]) * 1e6 + Number(m[2]) : 0;
-      };
-      return out.sort((a, b) => key(a[0]) - key(b[0]) || a[0].localeCompare(b[0])).map(([, data]) => data);
-    },
+    inbox: (user: string): Promise<Buffer[]> => maildirMessagesByAge(path.join(dir, 'mail', user)),
     async stop() {
       await Promise.all(servers.map((s) => s.close()));
       await store.close();
@@ -160,4 +146,35 @@ export async function startHarness(options: HarnessOptions = {}): Promise<Harnes
 /** base64 of an AUTH PLAIN token. */
 export function plainToken(user: string, password: string, authzid = ''): string {
   return Buffer.from(`${authzid}\0${user}\0${password}`, 'utf8').toString('base64');
+}
+
+/**
+ * A harness for the tests of the enclosing describe(): started before them (and handed to
+ * `use`), stopped after them.
+ */
+export function harnessForSuite(use: (h: Harness) => void, options: HarnessOptions = {}): void {
+  let h: Harness | undefined;
+  before(async () => {
+    h = await startHarness(options);
+    use(h);
+  });
+  after(async () => {
+    await h?.stop();
+  });
+}
+
+/**
+ * A byte-level session on `port` past the 220 greeting and a 250 to `EHLO <ehlo>` (no EHLO
+ * when ehlo is null), and with `login` (a user of PASSWORDS) past a 235 to AUTH PLAIN.
+ */
+export async function openSession(port: number, options: { ehlo?: string | null; login?: string } = {}): Promise<SmtpWire> {
+  const { ehlo = 'client.example', login } = options;
+  const c = await SmtpWire.connect(port);
+  assert.equal((await c.read()).code, 220);
+  if (ehlo !== null) assert.equal((await c.command(`EHLO ${ehlo}`)).code, 250);
+  if (login) {
+    const r = await c.command(`AUTH PLAIN ${plainToken(login, PASSWORDS[login]!)}`);
+    assert.equal(r.code, 235, r.text);
+  }
+  return c;
 }
