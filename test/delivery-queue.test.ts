@@ -178,3 +178,33 @@ test('DSN requests (RFC 3461) are kept with the entry and survive updates; entri
   }
   await assert.rejects(q.enqueue({ from: '', recipients: [{ address: 'x@b.onion', orcpt: 'rfc822;' }], raw: RAW }), (err: unknown) => err instanceof QueueError && err.code === 'invalid');
 });
+
+test('onChange hears every durable write and removal of this object; readMany reads many with progress', async (t) => {
+  const q = new OutboundQueue({ dir: tmp(t) });
+  const heard: string[] = [];
+  const stop = q.onChange((c) => heard.push(c.kind === 'written' ? `written ${c.entry.id} ${c.entry.recipients[0]!.attempts}` : `removed ${c.id}`));
+  const a = await q.enqueue({ from: '', recipients: ['x@a.onion'], raw: RAW });
+  assert.ok(await q.get(a.id), 'on disk before it is announced');
+  await q.update(a.id, (e) => ({ recipients: e.recipients.map((r) => ({ ...r, attempts: 1 })) }));
+  await q.remove(a.id);
+  await q.remove(a.id);
+  assert.deepEqual(heard, [`written ${a.id} 0`, `written ${a.id} 1`, `removed ${a.id}`, `removed ${a.id}`]);
+
+  // Another object on the same directory (another process): its writes are not heard here.
+  await new OutboundQueue({ dir: q.dir }).enqueue({ id: '00000000000000CC', from: '', recipients: ['x@a.onion'], raw: RAW });
+  assert.equal(heard.length, 4);
+  stop();
+  await q.enqueue({ from: '', recipients: ['x@a.onion'], raw: RAW });
+  assert.equal(heard.length, 4, 'unsubscribed');
+
+  for (let i = 0; i < 40; i++) await q.enqueue({ from: '', recipients: [`n${i}@b.onion`], raw: RAW });
+  writeFileSync(path.join(q.dir, 'entries', '00000000000000CC', 'state.json'), 'garbage');
+  const ids = await q.ids();
+  assert.equal(ids.length, 42);
+  const seen: number[] = [];
+  const { entries, unreadable } = await q.readMany({ onProgress: (done, total) => seen.push(done, total), concurrency: 4 });
+  assert.equal(entries.length, 41);
+  assert.deepEqual(unreadable, ['00000000000000CC']);
+  assert.deepEqual(seen.slice(-2), [42, 42]);
+  assert.deepEqual((await q.readMany({ ids: ids.slice(0, 3) })).entries.map((e) => e.id).sort(), ids.slice(0, 3).filter((id) => id !== '00000000000000CC').sort());
+});

@@ -5,7 +5,7 @@
  * Bounces to our own users land in a real Maildir store on our side.
  */
 import assert from 'node:assert/strict';
-import { mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
+import { mkdtemp, rm } from 'node:fs/promises';
 import type net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
@@ -23,23 +23,13 @@ import { MaildirStore } from '../src/store/maildir/maildir-store.js';
 import { randomOnionAddress } from '../src/tor/onion-address.js';
 import { RecipientResolver } from '../src/users/recipients.js';
 import type { User } from '../src/users/user-db.js';
+import { maildirMessagesByAge } from './helpers/maildir-files.js';
 import { parseDsn } from './helpers/mime.js';
 import { DOMAIN as PEER, startHarness, type Harness } from './helpers/smtp-harness.js';
 import { startSocksServer, type TestSocksServer } from './helpers/socks5-server.js';
+import { sleep, waitFor } from './helpers/wait-for.js';
 
 const OURS = randomOnionAddress();
-const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
-
-async function waitFor<T>(what: string, fn: () => Promise<T | null | undefined | false>, timeoutMs = 10_000): Promise<T> {
-  const t0 = Date.now();
-  for (;;) {
-    const v = await fn();
-    if (v) return v;
-    if (Date.now() - t0 > timeoutMs) throw new Error(`timed out waiting for ${what}`);
-    await sleep(25);
-  }
-}
-
 function user(name: string): User {
   return { name, localPart: name, domain: null, uid: '', gid: '', home: '', extraFields: {}, scheme: 'ARGON2ID' };
 }
@@ -118,20 +108,7 @@ describe('delivery scheduler: queue -> SOCKS -> SMTP, bounces, local delivery', 
       scheduler,
       events,
       enqueued,
-      async inbox(u: string) {
-        const out: Buffer[] = [];
-        for (const sub of ['new', 'cur']) {
-          const d = path.join(dir, 'mail', u, sub);
-          let names: string[] = [];
-          try {
-            names = (await readdir(d)).sort();
-          } catch {
-            continue;
-          }
-          for (const n of names) out.push(await readFile(path.join(d, n)));
-        }
-        return out;
-      },
+      inbox: (u: string) => maildirMessagesByAge(path.join(dir, 'mail', u)),
       async close() {
         await scheduler.stop(500);
         await store.close();

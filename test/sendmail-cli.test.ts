@@ -17,19 +17,10 @@ import { BIN, ROOT, runCli } from './helpers/cli.js';
 import { startDaemon, type Daemon } from './helpers/daemon.js';
 import { DOMAIN as PEER, startHarness, type Harness } from './helpers/smtp-harness.js';
 import { startSocksServer, type TestSocksServer } from './helpers/socks5-server.js';
+import { waitForEvery } from './helpers/wait-for.js';
 
 const OURS = randomOnionAddress();
-const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
-
-async function waitFor<T>(what: string, fn: () => Promise<T | null | undefined | false>, timeoutMs = 10_000): Promise<T> {
-  const t0 = Date.now();
-  for (;;) {
-    const v = await fn();
-    if (v) return v;
-    if (Date.now() - t0 > timeoutMs) throw new Error(`timed out waiting for ${what}`);
-    await sleep(50);
-  }
-}
+const waitFor = waitForEvery(50);
 
 describe('onionpost sendmail and queue (no daemon running)', { timeout: 60_000 }, () => {
   let dir: string;

@@ -3,7 +3,11 @@
  * postsuper. Works whether or not the daemon runs: the queue is read from the data dir;
  * `flush` leaves a request file that the running daemon picks up at once (or at its next
  * start); `delete` removes the entry atomically (a delivery already in flight may still
- * complete).
+ * complete) and tells the daemon (a request file too, wake.ts).
+ *
+ * Reading a big queue takes a while (`list`, and `flush` without an id, which counts what it
+ * retries): a progress line shows on standard error when it is a terminal, and nothing when
+ * it is not.
  *
  * Access: these commands (and `onionpost sendmail`) read and write the spool directly, so
  * they need the data dir's permissions: run them as the daemon's user. Run as root, they
@@ -16,21 +20,22 @@ import { formatDuration } from '../config/duration.js';
 import type { Config } from '../config/types.js';
 import { wants } from '../delivery/dsn-params.js';
 import { OutboundQueue, type QueueEntry, type QueueRecipient } from '../delivery/queue.js';
-import { requestFlush, wakeDirOf } from '../delivery/wake.js';
+import { announceDeletion, requestFlush, wakeDirOf } from '../delivery/wake.js';
+import { Progress } from '../log/progress.js';
 import { fieldsNamed, parseHeader } from '../smtp/message.js';
 import { CliError, type CliContext, type CommandGroup } from './command.js';
 import { queryStatus } from './status-socket.js';
 
 export const QUEUE_USAGE = `usage: onionpost queue [list] [--json]
        onionpost queue show ID [--message]
-       onionpost queue flush [ID]
+       onionpost queue flush [ID...]
        onionpost queue delete ID...
 
   list     every queued message: id, age, size, sender, recipients with their state and
            last error (like mailq)
   show     one message: envelope, per-recipient state, main header fields (--message: the
            whole message as queued)
-  flush    retry now: one message, or every message waiting for its next attempt
+  flush    retry now: the messages named, or every message waiting for its next attempt
   delete   remove messages from the queue (no bounce is sent)
 `;
 
@@ -151,16 +156,45 @@ async function daemonRuns(config: Config): Promise<boolean> {
   return (await queryStatus(config.dataDir, 1500)).kind === 'ok';
 }
 
+/** Work over fewer items than this shows no progress line (it is over in a blink). */
+const PROGRESS_FROM = 200;
+
+/** Progress of long queue work on stderr (a terminal only). */
+function progressOf(ctx: CliContext): { update(label: string, done: number, total: number): void; clear(): void } {
+  const progress = new Progress(ctx.io.stderr);
+  return {
+    update: (label, done, total) => {
+      if (total >= PROGRESS_FROM) progress.update(label, done, total, done === total);
+    },
+    clear: () => progress.clear(),
+  };
+}
+
+/** Every entry, oldest first, with a progress line while they are read; none when there is no queue. */
+async function readQueue(ctx: CliContext, queue: OutboundQueue, queueDir: string): Promise<QueueEntry[]> {
+  try {
+    statSync(queueDir);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return [];
+    throw err;
+  }
+  const progress = progressOf(ctx);
+  try {
+    return await queue.list({ onProgress: (done, total) => progress.update('reading the queue', done, total) });
+  } finally {
+    progress.clear();
+  }
+}
+
+/** Pending recipients waiting for a later attempt (what a flush makes due). */
+function waitingRecipients(e: QueueEntry, now: number): number {
+  return e.recipients.filter((r) => r.status === 'pending' && r.nextAttempt !== null && r.nextAttempt > now).length;
+}
+
 /** Lists the queue like mailq; used by `queue list` and `sendmail -bp`. */
 export async function printQueue(ctx: CliContext, json: boolean): Promise<number> {
   const { queue, config } = openQueue(ctx, false);
-  let entries: QueueEntry[] = [];
-  try {
-    statSync(config.queue.dir);
-    entries = await queue.list();
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
-  }
+  const entries = await readQueue(ctx, queue, config.queue.dir);
   if (json) ctx.io.stdout.write(`${JSON.stringify(entries, null, 2)}\n`);
   else listEntries(entries, Date.now(), ctx.io.stdout);
   return 0;
@@ -218,14 +252,9 @@ const queueCommand: CommandGroup = async (args, ctx) => {
     case 'flush': {
       const { values, positionals } = parse(rest, []);
       if (values.help) return usage();
-      if (positionals.length > 1) throw new CliError(`queue flush takes at most one queue id\n\n${QUEUE_USAGE}`, 64);
-      const id = positionals[0] !== undefined ? normalizeId(positionals[0]) : undefined;
+      const ids = [...new Set(positionals.map(normalizeId))];
       const { queue, config } = openQueue(ctx, true);
-      if (id && !(await queue.get(id))) throw new CliError(`no message ${id} in the queue (delivered, bounced or deleted?)`, 1);
-      await requestFlush(config.queue.dir, id);
-      if (await daemonRuns(config)) out.write(`${id ? `message ${id}` : 'every waiting message'}: the daemon retries now; see \`onionpost queue list\`\n`);
-      else out.write(`flush requested; the daemon is not running: it takes effect when \`onionpost start\` runs\n`);
-      return 0;
+      return ids.length > 0 ? flushSome(ctx, queue, config, ids) : flushAll(ctx, queue, config);
     }
     case 'delete':
     case 'del':
@@ -234,7 +263,7 @@ const queueCommand: CommandGroup = async (args, ctx) => {
       if (values.help) return usage();
       if (positionals.length === 0) throw new CliError(`queue delete needs at least one queue id\n\n${QUEUE_USAGE}`, 64);
       const ids = positionals.map(normalizeId);
-      const { queue } = openQueue(ctx, true);
+      const { queue, config } = openQueue(ctx, true);
       let missing = 0;
       for (const id of ids) {
         if (!(await queue.get(id))) {
@@ -243,6 +272,8 @@ const queueCommand: CommandGroup = async (args, ctx) => {
           continue;
         }
         await queue.remove(id);
+        // The daemon forgets it at once (else when it next compares the queue directory).
+        await announceDeletion(config.queue.dir, id).catch(() => undefined);
         out.write(`deleted ${id}\n`);
       }
       return missing > 0 ? 1 : 0;
@@ -255,5 +286,50 @@ const queueCommand: CommandGroup = async (args, ctx) => {
       throw new CliError(`queue: unknown subcommand "${sub}"\n\n${QUEUE_USAGE}`, 64);
   }
 };
+
+/** `queue flush ID...`: checks that each is queued, then leaves one request per message. */
+async function flushSome(ctx: CliContext, queue: OutboundQueue, config: Config, ids: string[]): Promise<number> {
+  const progress = progressOf(ctx);
+  const found: string[] = [];
+  try {
+    for (const [i, id] of ids.entries()) {
+      progress.update('checking', i, ids.length);
+      if (await queue.get(id)) found.push(id);
+      else {
+        progress.clear();
+        ctx.io.stderr.write(`onionpost: no message ${id} in the queue (delivered, bounced or deleted?)\n`);
+      }
+    }
+    for (const [i, id] of found.entries()) {
+      progress.update('asking the daemon', i, found.length);
+      await requestFlush(config.queue.dir, id);
+    }
+  } finally {
+    progress.clear();
+  }
+  if (found.length === 0) throw new CliError(ids.length === 1 ? `no message ${ids[0]} in the queue (delivered, bounced or deleted?)` : 'none of these messages is in the queue', 1);
+  const what = found.length === 1 ? `message ${found[0]}` : `${found.length} messages`;
+  if (await daemonRuns(config)) ctx.io.stdout.write(`${what}: the daemon retries now; see \`onionpost queue list\`\n`);
+  else ctx.io.stdout.write(`flush of ${what} requested; the daemon is not running: it takes effect when \`onionpost start\` runs\n`);
+  return found.length === ids.length ? 0 : 1;
+}
+
+/** `queue flush`: counts what waits (reading the queue), then leaves one request for all. */
+async function flushAll(ctx: CliContext, queue: OutboundQueue, config: Config): Promise<number> {
+  const entries = await readQueue(ctx, queue, config.queue.dir);
+  const now = Date.now();
+  let messages = 0;
+  let recipients = 0;
+  for (const e of entries) {
+    const n = waitingRecipients(e, now);
+    if (n > 0) messages++;
+    recipients += n;
+  }
+  await requestFlush(config.queue.dir);
+  const what = `every waiting message (${messages} message${messages === 1 ? '' : 's'}, ${recipients} recipient${recipients === 1 ? '' : 's'})`;
+  if (await daemonRuns(config)) ctx.io.stdout.write(`${what}: the daemon retries now; see \`onionpost queue list\`\n`);
+  else ctx.io.stdout.write(`flush of ${what} requested; the daemon is not running: it takes effect when \`onionpost start\` runs\n`);
+  return 0;
+}
 
 export default queueCommand;

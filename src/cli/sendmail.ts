@@ -340,9 +340,9 @@ async function send(opts: SendmailOptions, config: Config, ctx: CliContext): Pro
     throw new CliError(`cannot queue the message: ${(err as Error).message}; try again`, 75);
   }
   try {
-    await requestWake(config.queue.dir);
+    await requestWake(config.queue.dir, id);
   } catch {
-    // The daemon's periodic scan finds the entry anyway.
+    // The daemon's periodic comparison of the queue directory finds the entry anyway.
   }
   const running = await daemonRuns(config);
   if (opts.verbose) ctx.io.stderr.write(`onionpost: queued as ${id} for ${recipients.length} recipient${recipients.length === 1 ? '' : 's'}\n`);

@@ -18,7 +18,12 @@
  *
  * Scheduling data: every recipient has `nextAttempt` (epoch ms; null once it is final:
  * delivered or failed), `attempts`, `lastAttempt` and `lastError`. due() lists the entries
- * with a pending recipient whose nextAttempt has come.
+ * with a pending recipient whose nextAttempt has come (by reading them all: the scheduler
+ * keeps its own index instead, fed by onChange() below and by one read() pass at start).
+ *
+ * Change notices: onChange() listeners hear of every entry this object writes or removes,
+ * once it is durable. Writes by other processes (`onionpost sendmail`, `queue delete`) are
+ * not seen here; those processes leave a request file (wake.ts) naming the entry.
  *
  * DSN requests (RFC 3461, dsn-params.ts) are part of the entry: `ret`/`envid` per message,
  * `notify`/`orcpt` per recipient, all optional: entries written without them (older
@@ -104,6 +109,25 @@ export interface EnqueueInput {
   notBefore?: number;
 }
 
+/** What onChange() listeners hear: an entry written (enqueued or updated) or removed. */
+export type QueueChange = { kind: 'written'; entry: QueueEntry } | { kind: 'removed'; id: string };
+
+export interface ReadOptions {
+  /** The entries to read (default: every entry). */
+  ids?: readonly string[];
+  /** Reads at once (default 16). */
+  concurrency?: number;
+  /** Called as entries are read: done and total counts. */
+  onProgress?: (done: number, total: number) => void;
+}
+
+export interface ReadResult {
+  /** Entries read, in no particular order. */
+  entries: QueueEntry[];
+  /** Ids whose state could not be read or is invalid (logged). */
+  unreadable: string[];
+}
+
 export interface OutboundQueueOptions {
   /** The queue directory (created when missing). */
   dir: string;
@@ -140,6 +164,7 @@ export class OutboundQueue {
   private opened: Promise<void> | null = null;
   /** Serializes update()/remove() of one entry within this process. */
   private readonly chains = new Map<string, Promise<unknown>>();
+  private readonly listeners = new Set<(change: QueueChange) => void>();
 
   constructor(options: OutboundQueueOptions) {
     this.dir = path.resolve(options.dir);
@@ -147,6 +172,22 @@ export class OutboundQueue {
     this.tmpDir = path.join(this.dir, 'tmp');
     this.logger = options.logger;
     this.staleTmpMs = options.staleTmpMs ?? 10 * 60 * 1000;
+  }
+
+  /** Calls `fn` after each durable write or removal made through this object; returns the unsubscribe. */
+  onChange(fn: (change: QueueChange) => void): () => void {
+    this.listeners.add(fn);
+    return () => this.listeners.delete(fn);
+  }
+
+  private emit(change: QueueChange): void {
+    for (const fn of this.listeners) {
+      try {
+        fn(change);
+      } catch (err) {
+        this.logger?.error({ err }, 'queue change listener failed');
+      }
+    }
   }
 
   /** Creates the directories and removes stale tmp/ leftovers. Called by every other method. */
@@ -241,23 +282,47 @@ export class OutboundQueue {
     // crash an entry is either still under tmp/, and cleaned up, or in entries/).
     await fsyncDir(this.entriesDir, true);
     this.logger?.debug({ id, recipients: recipients.length, size: entry.size }, 'queued');
+    this.emit({ kind: 'written', entry });
     return entry;
   }
 
-  /** Every entry, oldest first. Entries whose state cannot be read are logged and skipped. */
-  async list(): Promise<QueueEntry[]> {
+  /** The ids of every entry (one directory listing; no state is read). */
+  async ids(): Promise<string[]> {
     await this.open();
-    const names = (await fsp.readdir(this.entriesDir)).filter((n) => ID_RE.test(n));
-    const out: QueueEntry[] = [];
-    for (const name of names) {
-      try {
-        const e = await this.read(name);
-        if (e) out.push(e);
-      } catch (err) {
-        this.logger?.error({ id: name, err: (err as Error).message }, 'unreadable queue entry; skipped');
+    return (await fsp.readdir(this.entriesDir)).filter((n) => ID_RE.test(n));
+  }
+
+  /**
+   * Reads many entries, several at once. Entries gone meanwhile are left out; entries whose
+   * state cannot be read are logged, listed in `unreadable` and left out.
+   */
+  async readMany(options: ReadOptions = {}): Promise<ReadResult> {
+    const ids = options.ids ?? (await this.ids());
+    await this.open();
+    const result: ReadResult = { entries: [], unreadable: [] };
+    let next = 0;
+    let done = 0;
+    const worker = async (): Promise<void> => {
+      for (let i = next++; i < ids.length; i = next++) {
+        const id = ids[i]!;
+        try {
+          const e = ID_RE.test(id) ? await this.read(id) : null;
+          if (e) result.entries.push(e);
+        } catch (err) {
+          result.unreadable.push(id);
+          this.logger?.error({ id, err: (err as Error).message }, 'unreadable queue entry; skipped');
+        }
+        options.onProgress?.(++done, ids.length);
       }
-    }
-    return out.sort((a, b) => a.createdAt - b.createdAt || a.id.localeCompare(b.id));
+    };
+    await Promise.all(Array.from({ length: Math.max(1, Math.min(options.concurrency ?? 16, ids.length)) }, () => worker()));
+    return result;
+  }
+
+  /** Every entry, oldest first. Entries whose state cannot be read are logged and skipped. */
+  async list(options: Pick<ReadOptions, 'onProgress'> = {}): Promise<QueueEntry[]> {
+    const { entries } = await this.readMany(options);
+    return entries.sort((a, b) => a.createdAt - b.createdAt || a.id.localeCompare(b.id));
   }
 
   /** Entries with at least one pending recipient whose nextAttempt <= now. */
@@ -312,6 +377,7 @@ export class OutboundQueue {
         throw new QueueError('io', `cannot update queue entry ${id}: ${(err as Error).message}`);
       }
       await fsyncDir(dir, true);
+      this.emit({ kind: 'written', entry });
       return entry;
     });
   }
@@ -325,10 +391,14 @@ export class OutboundQueue {
       try {
         await fsp.rename(path.join(this.entriesDir, id), doomed);
       } catch (err) {
-        if (isErrno(err, 'ENOENT')) return;
+        if (isErrno(err, 'ENOENT')) {
+          this.emit({ kind: 'removed', id }); // gone already (another process)
+          return;
+        }
         throw new QueueError('io', `cannot remove queue entry ${id}: ${(err as Error).message}`);
       }
       await fsyncDir(this.entriesDir, true);
+      this.emit({ kind: 'removed', id });
       await fsp.rm(doomed, { recursive: true, force: true });
     });
   }

@@ -29,6 +29,13 @@
  * - Crash safety: nothing is marked "in delivery" on disk. An entry whose delivery was cut
  *   by a crash is still pending and due, and is delivered again at the next start (possibly
  *   a duplicate; never a loss). A DSN is queued before the failure is marked as reported.
+ * - What is due when lives in memory (queue-view.ts, due-index.ts): read once at start, kept
+ *   current by the queue's own writes, and told of other processes' writes by request files
+ *   (wake.ts) plus a periodic comparison of the entries directory. A pass reads only the
+ *   entries it works on (due ones, read fresh from disk: the file stays the truth); with
+ *   nothing due a pass reads nothing, whatever the size of the queue.
+ * - `flush` (retry now) is kept in memory: pending recipients not attempted since the flush
+ *   are due. A restart before they are tried forgets it (they keep their own schedule).
  * - Wake-ups: `wake()` (in-process, after an enqueue), request files from the CLI (wake.ts),
  *   a timer at the next due time, and the end of every worker.
  */
@@ -37,8 +44,10 @@ import { formatDuration } from '../config/duration.js';
 import type { Logger } from '../log/logger.js';
 import { wants, type OutboundDsn, type RecipientDsn, type SuccessAction } from './dsn-params.js';
 import { buildDsn, dsnStatus, type DsnAction, type DsnRecipient } from './dsn.js';
+import { dueRecipients } from './entry-schedule.js';
 import type { LocalDelivery } from './local.js';
 import { QueueError, type OutboundQueue, type QueueEntry, type QueueRecipient } from './queue.js';
+import { QueueView } from './queue-view.js';
 import type { NextHop, Resolution } from './resolver.js';
 import { openSmtpSession, setupFailure, type SmtpSession, type SmtpTransactionResult, type StartTlsMode } from './smtp-client.js';
 import { openDirectConnection, openTorConnection, TorConnectError } from './transport.js';
@@ -84,6 +93,11 @@ export interface SchedulerOptions {
   requestPollMs?: number;
   /** Longest wait between queue scans, ms (default 5 min; a safety net only). */
   maxSleepMs?: number;
+  /**
+   * How often the entries directory is compared with what the scheduler knows, ms (default
+   * 5 min; a safety net for entries written by other processes whose request file was lost).
+   */
+  reconcileMs?: number;
   logger: Logger;
   /** Clock (tests). */
   now?: () => number;
@@ -134,11 +148,20 @@ export class DeliveryScheduler {
   /** Entry id -> number of workers holding some of its recipients. */
   private readonly busyEntries = new Map<string, number>();
   private readonly sockets = new Set<net.Socket>();
+  /** What is due when (in memory). */
+  private readonly view: QueueView;
   private scanning: Promise<void> | null = null;
   private rescan = false;
+  /** Request files may be waiting (set by the watcher; at start). */
+  private requestsPending = true;
+  /** Time for the periodic directory comparison. */
+  private reconcilePending = false;
   private timer: NodeJS.Timeout | null = null;
+  private reconcileTimer: NodeJS.Timeout | null = null;
   private watcher: WakeWatcher | null = null;
   private started = false;
+  /** The view is loaded: passes may run. */
+  private ready = false;
   private stopping = false;
   private listeners: Array<(e: AttemptEvent) => void> = [];
   private signalStop!: () => void;
@@ -155,6 +178,7 @@ export class DeliveryScheduler {
     this.concurrency = Math.max(1, options.concurrency ?? 4);
     this.maxPerConnection = Math.max(1, options.maxMessagesPerConnection ?? 100);
     this.now = options.now ?? Date.now;
+    this.view = new QueueView(this.queue, { delayWarningMs: this.delayWarningMs, logger: this.log });
   }
 
   /** Calls `fn` after every recorded attempt (tests, metrics). */
@@ -167,10 +191,30 @@ export class DeliveryScheduler {
     this.started = true;
     await this.queue.open();
     if (this.options.watchRequests ?? true) {
-      this.watcher = await watchRequests(this.queue.dir, () => this.wake(), this.options.requestPollMs);
+      const onRequest = (): void => {
+        this.requestsPending = true;
+        this.wake();
+      };
+      this.watcher = await watchRequests(this.queue.dir, onRequest, this.options.requestPollMs);
     }
-    const waiting = (await this.queue.list()).length;
-    this.log.info({ route: this.options.route, waiting, concurrency: this.concurrency }, 'delivery scheduler started');
+    // Requests left while the daemon was down: the load below reads every entry anyway (a
+    // request file is written after its entry), so only the flushes are worth keeping.
+    const early = await takeRequests(this.queue.dir);
+    const t0 = Date.now();
+    await this.view.load();
+    if (early.flushAll) await this.flush();
+    else for (const id of early.flush) await this.flush(id);
+    const index = this.view.index;
+    this.log.info(
+      { route: this.options.route, queued: index.size, waiting: index.waiting(), loadMs: Date.now() - t0, concurrency: this.concurrency },
+      'delivery scheduler started',
+    );
+    this.reconcileTimer = setInterval(() => {
+      this.reconcilePending = true;
+      this.wake();
+    }, this.options.reconcileMs ?? 300_000);
+    this.reconcileTimer.unref();
+    this.ready = true;
     this.wake();
   }
 
@@ -183,8 +227,11 @@ export class DeliveryScheduler {
     this.signalStop();
     if (this.timer) clearTimeout(this.timer);
     this.timer = null;
+    if (this.reconcileTimer) clearInterval(this.reconcileTimer);
+    this.reconcileTimer = null;
     this.watcher?.close();
     this.watcher = null;
+    this.view.close();
     const work = Promise.allSettled([...this.active.values(), this.scanning ?? Promise.resolve()]);
     const timedOut = await Promise.race([work.then(() => false), sleep(graceMs).then(() => true)]);
     if (timedOut) {
@@ -196,35 +243,24 @@ export class DeliveryScheduler {
 
   /** Looks at the queue now (new mail, a flush request). Cheap to call often. */
   wake(): void {
-    if (this.stopping || !this.started) return;
+    if (this.stopping || !this.ready) return;
     void this.scan();
   }
 
   /**
    * Makes one entry (or every entry) due now; `queue flush`. Returns how many recipients were
-   * made due. Recipients being delivered right now are left alone.
+   * made due. In memory only: no entry is read or written (one not known yet is read).
    */
   async flush(id?: string): Promise<number> {
-    const now = this.now();
-    const entries = id ? [await this.queue.get(id)].filter((e): e is QueueEntry => e !== null) : await this.queue.list();
-    let count = 0;
-    for (const e of entries) {
-      if (this.busyEntries.has(e.id)) continue;
-      if (!e.recipients.some((r) => r.status === 'pending' && r.nextAttempt !== null && r.nextAttempt > now)) continue;
-      try {
-        await this.queue.update(e.id, (cur) => ({
-          recipients: cur.recipients.map((r) => {
-            if (r.status !== 'pending' || r.nextAttempt === null || r.nextAttempt <= now) return r;
-            count++;
-            return { ...r, nextAttempt: now };
-          }),
-        }));
-      } catch (err) {
-        if (!(err instanceof QueueError && err.code === 'not-found')) throw err;
-      }
-    }
+    if (id !== undefined && !this.view.index.has(id)) await this.view.read(id);
+    const count = this.view.index.flush(id, this.now());
     if (count > 0) this.log.info({ id: id ?? 'all', recipients: count }, 'flush: retrying now');
     return count;
+  }
+
+  /** Entries the scheduler knows of, and those with recipients still to attempt (no file is read). */
+  queued(): { entries: number; waiting: number } {
+    return { entries: this.view.index.size, waiting: this.view.index.waiting() };
   }
 
   /** Resolves once nothing is being scanned or delivered (tests). */
@@ -264,48 +300,40 @@ export class DeliveryScheduler {
     return this.scanning;
   }
 
+  /** Requests from other processes, then sweeps and workers for what is due (nothing is read otherwise). */
   private async pass(): Promise<void> {
-    const requests = await takeRequests(this.queue.dir);
-    if (requests.flushAll) await this.flush();
-    else for (const id of requests.flush) await this.flush(id);
-
-    let entries = await this.queue.list();
-    entries = await this.sweep(entries);
+    if (this.requestsPending) {
+      this.requestsPending = false;
+      const requests = await takeRequests(this.queue.dir);
+      if (requests.rescan) await this.reconcile();
+      for (const id of requests.changed) await this.view.read(id);
+      if (requests.flushAll) await this.flush();
+      else for (const id of requests.flush) await this.flush(id);
+    }
+    if (this.reconcilePending) {
+      this.reconcilePending = false;
+      await this.reconcile();
+    }
+    const index = this.view.index;
+    index.promote(this.now());
+    await this.sweep(index.takeSweeps());
     if (this.stopping) return;
-    const now = this.now();
 
-    // Due recipients of domains nobody works on, grouped by domain, oldest entry first.
-    const groups = new Map<string, WorkItem[]>();
-    for (const entry of entries) {
-      const byDomain = new Map<string, string[]>();
-      for (const r of entry.recipients) {
-        if (r.status !== 'pending' || r.nextAttempt === null || r.nextAttempt > now) continue;
-        if (this.active.has(r.domain)) continue;
-        const list = byDomain.get(r.domain) ?? [];
-        list.push(r.address);
-        byDomain.set(r.domain, list);
-      }
-      for (const [domain, recipients] of byDomain) {
-        const items = groups.get(domain) ?? [];
-        items.push({ entry, recipients });
-        groups.set(domain, items);
-      }
-    }
-    for (const [domain, items] of groups) {
+    // Domains nobody works on, in the order they came due; each worker takes a connection's worth.
+    for (const domain of index.readyDomains()) {
       if (this.active.size >= this.concurrency) break;
-      this.startWorker(domain, items);
+      if (this.active.has(domain)) continue;
+      const ids = index.take(domain, this.maxPerConnection);
+      if (ids.length > 0) this.startWorker(domain, ids);
     }
+    // Next wake-up: the earliest time something comes due. Due now but no free slot (or its
+    // domain busy): the end of a worker wakes us.
+    this.arm(index.nextAt() ?? Infinity);
+  }
 
-    // Next wake-up: the earliest due time of a recipient nobody works on.
-    let next = Infinity;
-    for (const entry of entries) {
-      for (const r of entry.recipients) {
-        if (r.status === 'pending' && r.nextAttempt !== null && !this.active.has(r.domain)) next = Math.min(next, r.nextAttempt);
-      }
-    }
-    // Due now but no free slot: the end of a worker wakes us.
-    if (next <= now) next = Infinity;
-    this.arm(next);
+  private async reconcile(): Promise<void> {
+    const { added, removed } = await this.view.reconcile();
+    if (added + removed > 0) this.log.info({ added, removed }, 'queue entries written or removed by another process');
   }
 
   private arm(at: number): void {
@@ -319,15 +347,18 @@ export class DeliveryScheduler {
     this.timer.unref();
   }
 
-  private startWorker(domain: string, items: WorkItem[]): void {
-    const held: WorkItem[] = [];
-    const hold = (more: WorkItem[]): void => {
-      for (const item of more) this.busyEntries.set(item.entry.id, (this.busyEntries.get(item.entry.id) ?? 0) + 1);
+  /** Works on `domain` with the due entries `ids` (taken off the index's ready list). */
+  private startWorker(domain: string, ids: string[]): void {
+    const held: string[] = [];
+    const hold = (more: string[]): void => {
+      for (const id of more) this.busyEntries.set(id, (this.busyEntries.get(id) ?? 0) + 1);
       held.push(...more);
     };
-    hold(items);
+    hold(ids);
     const work = (async () => {
       try {
+        const items = await this.workItems(domain, ids);
+        if (items.length === 0) return;
         if (this.localDomains.has(domain)) await this.deliverLocally(domain, items);
         else await this.deliverRemote(domain, items, hold);
       } catch (err) {
@@ -335,16 +366,31 @@ export class DeliveryScheduler {
         this.log.error({ domain, err }, 'delivery worker failed; its messages stay queued (next try in 30 s)');
         await Promise.race([sleep(30_000), this.stopped]);
       } finally {
-        for (const item of held) {
-          const n = (this.busyEntries.get(item.entry.id) ?? 1) - 1;
-          if (n <= 0) this.busyEntries.delete(item.entry.id);
-          else this.busyEntries.set(item.entry.id, n);
+        for (const id of held) {
+          const n = (this.busyEntries.get(id) ?? 1) - 1;
+          if (n <= 0) this.busyEntries.delete(id);
+          else this.busyEntries.set(id, n);
+          // Back into the schedule as it now stands (what was not attempted is due again).
+          this.view.index.release(id);
         }
         this.active.delete(domain);
         this.wake();
       }
     })();
     this.active.set(domain, work);
+  }
+
+  /** Reads the entries `ids` afresh and keeps those with recipients of `domain` due now. */
+  private async workItems(domain: string, ids: string[]): Promise<WorkItem[]> {
+    const now = this.now();
+    const out: WorkItem[] = [];
+    for (const id of ids) {
+      const entry = await this.view.read(id);
+      if (!entry) continue; // deleted meanwhile, or unreadable (logged)
+      const recipients = dueRecipients(entry, domain, now, this.view.index.flushedAt(id));
+      if (recipients.length > 0) out.push({ entry, recipients });
+    }
+    return out;
   }
 
   private async deliverLocally(domain: string, items: WorkItem[]): Promise<void> {
@@ -362,19 +408,18 @@ export class DeliveryScheduler {
     }
   }
 
-  /** Due recipients of `domain` in entries not in `seen` (mail that arrived while a connection is open). */
-  private async dueFor(domain: string, seen: Set<string>): Promise<WorkItem[]> {
-    const now = this.now();
-    const out: WorkItem[] = [];
-    for (const entry of await this.queue.list()) {
-      if (seen.has(entry.id)) continue;
-      const recipients = entry.recipients.filter((r) => r.domain === domain && r.status === 'pending' && r.nextAttempt !== null && r.nextAttempt <= now).map((r) => r.address);
-      if (recipients.length > 0) out.push({ entry, recipients });
-    }
-    return out;
+  /** Due entries of `domain` not in `seen` (mail that came due while a connection is open). */
+  private async dueFor(domain: string, seen: Set<string>, limit: number, hold: (ids: string[]) => void): Promise<WorkItem[] | null> {
+    const index = this.view.index;
+    index.promote(this.now());
+    const ids = index.take(domain, limit, seen);
+    if (ids.length === 0) return null;
+    for (const id of ids) seen.add(id);
+    hold(ids);
+    return this.workItems(domain, ids);
   }
 
-  private async deliverRemote(domain: string, items: WorkItem[], hold: (more: WorkItem[]) => void): Promise<void> {
+  private async deliverRemote(domain: string, items: WorkItem[], hold: (ids: string[]) => void): Promise<void> {
     const started = this.now();
     const resolution = await this.options.resolver.resolve(domain);
     if (resolution.kind !== 'hosts') {
@@ -452,10 +497,9 @@ export class DeliveryScheduler {
         }
         if (this.stopping || !session.usable || sent >= this.maxPerConnection) break;
         // Mail for this domain queued meanwhile goes over the same connection.
-        batch = (await this.dueFor(domain, seen)).slice(0, this.maxPerConnection - sent);
-        if (batch.length === 0) break;
-        for (const item of batch) seen.add(item.entry.id);
-        hold(batch);
+        const more = await this.dueFor(domain, seen, this.maxPerConnection - sent, hold);
+        if (more === null) break;
+        batch = more;
       }
     } finally {
       session.quit();
@@ -565,23 +609,22 @@ export class DeliveryScheduler {
   }
 
   /**
-   * Bounces, delay warnings and clean-up for entries nobody works on. Returns the entries
-   * still queued (updated).
+   * Bounces, delay warnings and clean-up of the entries `ids` (their sweep is due). Entries a
+   * worker holds are left for later: its end puts them back into the schedule.
    */
-  private async sweep(entries: QueueEntry[]): Promise<QueueEntry[]> {
+  private async sweep(ids: string[]): Promise<void> {
     const now = this.now();
-    const out: QueueEntry[] = [];
-    for (let entry of entries) {
-      if (this.busyEntries.has(entry.id)) {
-        out.push(entry);
-        continue;
-      }
+    for (const id of ids) {
+      if (this.busyEntries.has(id)) continue;
+      let entry = await this.view.read(id);
+      if (!entry) continue;
+      const { createdAt } = entry;
       try {
         const failed = entry.recipients.filter((r) => r.status === 'failed' && !r.bounced);
         const delayed =
           this.delayWarningMs === null
             ? []
-            : entry.recipients.filter((r) => r.status === 'pending' && !r.warned && r.attempts > 0 && now - entry.createdAt >= this.delayWarningMs!);
+            : entry.recipients.filter((r) => r.status === 'pending' && !r.warned && r.attempts > 0 && now - createdAt >= this.delayWarningMs!);
         const succeeded = entry.recipients.filter((r) => r.status === 'delivered' && r.successAction && !r.successReported);
         if (failed.length > 0 || delayed.length > 0 || succeeded.length > 0) {
           // NOTIFY decides per recipient; what nobody asked for is only marked as done.
@@ -610,15 +653,13 @@ export class DeliveryScheduler {
           await this.queue.remove(entry.id);
           const delivered = entry.recipients.filter((r) => r.status === 'delivered').length;
           this.log.info({ id: entry.id, delivered, failed: entry.recipients.length - delivered, ageMs: now - entry.createdAt }, 'removed from the queue: done');
-          continue;
         }
       } catch (err) {
         if (err instanceof QueueError && err.code === 'not-found') continue;
-        this.log.error({ id: entry.id, err }, 'bounce/clean-up of a queue entry failed; trying again later');
+        this.log.error({ id, err }, 'bounce/clean-up of a queue entry failed; trying again in 30 s');
+        this.view.index.postponeSweep(id, now + 30_000);
       }
-      out.push(entry);
     }
-    return out;
   }
 
   private async queueDsn(

@@ -1,10 +1,16 @@
 /**
- * How the CLI (`onionpost sendmail`, `onionpost queue flush`), a separate process, tells the
- * daemon's scheduler to look at the queue now: a request file in `<queue dir>/wake/`.
+ * How the CLI (`onionpost sendmail`, `onionpost queue flush|delete`), a separate process,
+ * tells the daemon's scheduler about the queue: a request file in `<queue dir>/wake/`.
  *
- *     wake/new.<random>            new mail was queued: deliver what is due
+ *     wake/new-<ID>.<random>       entry ID was queued: read it and deliver what is due
+ *     wake/deleted-<ID>.<random>   entry ID was deleted: forget it
+ *     wake/new.<random>            something was queued (no id; also what earlier versions
+ *                                  wrote): compare the entries directory with what is known
  *     wake/flush-all.<random>      retry every waiting message now
  *     wake/flush-<ID>.<random>     retry this message now
+ *
+ * The scheduler keeps the queue's schedule in memory and reads only the entries named here,
+ * so a request with an id costs one read whatever the size of the queue.
  *
  * The daemon watches the directory (fs.watch, plus a poll every few seconds in case the file
  * system does not report changes), handles each request and deletes its file. A request made
@@ -32,9 +38,16 @@ async function drop(queueDir: string, name: string): Promise<void> {
   await fsp.rename(tmp, path.join(dir, `${name}.${randomBytes(6).toString('hex')}`));
 }
 
-/** Asks the daemon to deliver what is due (after new mail was queued). */
-export function requestWake(queueDir: string): Promise<void> {
-  return drop(queueDir, 'new');
+/** Tells the daemon that entry `id` was queued (no id: something was, look for it). */
+export function requestWake(queueDir: string, id?: string): Promise<void> {
+  if (id !== undefined && !ID_RE.test(id)) throw new Error(`invalid queue id "${id}"`);
+  return drop(queueDir, id ? `new-${id}` : 'new');
+}
+
+/** Tells the daemon that entry `id` was deleted. */
+export function announceDeletion(queueDir: string, id: string): Promise<void> {
+  if (!ID_RE.test(id)) throw new Error(`invalid queue id "${id}"`);
+  return drop(queueDir, `deleted-${id}`);
 }
 
 /** Asks the daemon to retry one message (`id`) or every waiting message now. */
@@ -49,18 +62,24 @@ export interface WakeRequests {
   flushAll: boolean;
   /** Queue ids to retry now. */
   flush: string[];
+  /** Queue ids written or deleted by another process: to be read again. */
+  changed: string[];
+  /** Something was queued without saying what: compare the entries directory. */
+  rescan: boolean;
 }
 
 /** Reads and deletes the pending requests. */
 export async function takeRequests(queueDir: string): Promise<WakeRequests> {
   const dir = wakeDirOf(queueDir);
-  const out: WakeRequests = { any: false, flushAll: false, flush: [] };
+  const out: WakeRequests = { any: false, flushAll: false, flush: [], changed: [], rescan: false };
   let names: string[];
   try {
     names = await fsp.readdir(dir);
   } catch {
     return out;
   }
+  const flush = new Set<string>();
+  const changed = new Set<string>();
   for (const name of names) {
     if (name.startsWith('.')) continue;
     try {
@@ -70,9 +89,16 @@ export async function takeRequests(queueDir: string): Promise<WakeRequests> {
     }
     out.any = true;
     const kind = name.split('.', 1)[0]!;
+    const dash = kind.indexOf('-');
+    const [verb, id] = dash < 0 ? [kind, ''] : [kind.slice(0, dash), kind.slice(dash + 1)];
     if (kind === 'flush-all') out.flushAll = true;
-    else if (kind.startsWith('flush-') && ID_RE.test(kind.slice(6)) && !out.flush.includes(kind.slice(6))) out.flush.push(kind.slice(6));
+    else if (kind === 'new') out.rescan = true;
+    else if (!ID_RE.test(id)) continue;
+    else if (verb === 'flush') flush.add(id);
+    else if (verb === 'new' || verb === 'deleted') changed.add(id);
   }
+  out.flush = [...flush];
+  out.changed = [...changed];
   return out;
 }
 

@@ -1,5 +1,6 @@
 /**
- * Pieces shared by the importers: the target store of a user, the resume log, progress.
+ * Pieces shared by the importers: the target store of a user, the resume log, progress
+ * (log/progress.ts, re-exported).
  *
  * Resume log: `<data_dir>/import/<user>/<sha256(source)[:16]>.log`, one line per imported
  * message (`<key>\n`, keys made by each importer), appended as each message is stored. A
@@ -16,6 +17,8 @@ import { expandMaildirTemplate } from '../store/maildir-location.js';
 import { MaildirStore } from '../store/maildir/maildir-store.js';
 import { userQuotaBytes } from '../users/quota-rule.js';
 import { UserDb } from '../users/user-db.js';
+
+export { Progress } from '../log/progress.js';
 
 export interface ImportTarget {
   /** The user's name as in the users file. */
@@ -101,42 +104,6 @@ export class ResumeLog {
 
   close(): void {
     closeSync(this.fd);
-  }
-}
-
-/** A one-line progress counter on a terminal; nothing at all otherwise. */
-export class Progress {
-  private last = 0;
-  private readonly tty: boolean;
-  private shown = false;
-
-  constructor(private readonly out: NodeJS.WritableStream & { isTTY?: boolean; columns?: number }) {
-    this.tty = out.isTTY === true;
-  }
-
-  /** `label`: the folder; done/total counts; redraws at most every 100 ms unless forced. */
-  update(label: string, done: number, total: number | null, force = false): void {
-    if (!this.tty) return;
-    const now = Date.now();
-    if (!force && now - this.last < 100) return;
-    this.last = now;
-    const width = 24;
-    let bar = '';
-    if (total !== null && total > 0) {
-      const filled = Math.min(width, Math.round((done / total) * width));
-      bar = `[${'#'.repeat(filled)}${'-'.repeat(width - filled)}] `;
-    }
-    const count = total === null ? `${done}` : `${done}/${total}`;
-    const cols = this.out.columns || 80;
-    const line = `${bar}${count} ${label}`.slice(0, Math.max(10, cols - 1));
-    this.out.write(`\r\x1b[K${line}`);
-    this.shown = true;
-  }
-
-  /** Clears the line (before a normal message or at the end). */
-  clear(): void {
-    if (this.tty && this.shown) this.out.write('\r\x1b[K');
-    this.shown = false;
   }
 }
 
