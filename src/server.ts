@@ -264,13 +264,14 @@ export class OnionpostServer {
     const { config, logger } = this;
     const d = config.delivery;
     if (d.direct) {
-      logger.warn('[delivery] direct = true: outbound mail is sent WITHOUT Tor, with local DNS lookups; this reveals the server. Only for tests and clearnet setups.');
+      logger.warn('[delivery] direct = true: outbound mail is sent WITHOUT Tor, with DNS lookups through [tor] dns; this reveals the server. Only for tests and clearnet setups.');
     }
     this.scheduler = new DeliveryScheduler({
       queue: this.queue,
       domain: config.domain,
       localDomains: config.localDomains,
-      resolver: new NextHopResolver({ clearnet: config.relay.clearnet, resolver: config.tor.dns ?? undefined }),
+      // Direct mode: no Tor to resolve names, so the resolver looks the addresses up too.
+      resolver: new NextHopResolver({ clearnet: config.relay.clearnet, resolver: config.tor.dns ?? undefined, addresses: d.direct }),
       connect: d.direct
         ? directConnector({ timeoutMs: d.connectTimeout, logger })
         : torConnector({ socks: () => this.config.tor.socks, timeoutMs: d.connectTimeout }),

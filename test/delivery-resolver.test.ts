@@ -32,6 +32,20 @@ describe('delivery/resolver against a DNS server on 127.0.0.1', () => {
         ],
       },
       'onion-mx.test': { mx: [{ preference: 5, exchange: 'abc.onion' }] },
+      // Direct mode (addresses): A/AAAA of the mail hosts.
+      'addr.test': {
+        mx: [
+          { preference: 30, exchange: 'gone.addr.test' },
+          { preference: 20, exchange: 'mx2.addr.test' },
+          { preference: 10, exchange: 'mx1.addr.test' },
+        ],
+      },
+      'mx1.addr.test': { a: ['192.0.2.1', '192.0.2.2'], aaaa: ['2001:db8::1'] },
+      'mx2.addr.test': { a: ['192.0.2.2', '192.0.2.3'] },
+      'gone.addr.test': { rcode: RCODE.NXDOMAIN },
+      'bare.test': { a: ['192.0.2.9'] },
+      'noaddr.test': {},
+      'broken-mx.test': { mx: [{ preference: 10, exchange: 'servfail.test' }, { preference: 20, exchange: 'gone.addr.test' }] },
     });
     resolver = new NextHopResolver({ clearnet: true, resolver: dns.address, timeoutMs: 300, tries: 1 });
   });
@@ -143,6 +157,41 @@ describe('delivery/resolver against a DNS server on 127.0.0.1', () => {
     await closed.close();
     const r = await resolveNextHop('multi.test', { clearnet: true, resolver: address, timeoutMs: 300, tries: 1 });
     assert.equal(r.kind, 'temporary');
+  });
+
+  it('direct mode (addresses): one hop per A/AAAA address of each host, from the configured server', async () => {
+    const direct = new NextHopResolver({ clearnet: true, resolver: dns.address, timeoutMs: 300, tries: 1, addresses: true });
+    try {
+      const hop = (host: string, preference: number, address: string) => ({ host, port: 25, preference, address });
+      assert.deepEqual(await direct.resolve('addr.test'), {
+        kind: 'hosts',
+        hosts: [
+          hop('mx1.addr.test', 10, '192.0.2.1'),
+          hop('mx1.addr.test', 10, '192.0.2.2'),
+          hop('mx1.addr.test', 10, '2001:db8::1'),
+          hop('mx2.addr.test', 20, '192.0.2.3'),
+        ],
+      }, 'by preference, IPv4 first, each address once; a host without address is left out');
+      // No MX: the domain's own addresses; none at all: permanent.
+      assert.deepEqual(await direct.resolve('bare.test'), { kind: 'hosts', hosts: [hop('bare.test', 0, '192.0.2.9')] });
+      const none = await direct.resolve('noaddr.test');
+      assert.equal(none.kind, 'permanent');
+      assert.match((none as { reason: string }).reason, /noaddr\.test has no A or AAAA record/);
+      // One host failing temporarily (SERVFAIL), the other gone: temporary.
+      const broken = await direct.resolve('broken-mx.test');
+      assert.equal(broken.kind, 'temporary');
+      assert.match((broken as { reason: string }).reason, /servfail\.test.*ESERVFAIL.*gone\.addr\.test does not exist/);
+      // An onion MX is never looked up, and cannot be reached directly.
+      const before = dns.queries.length;
+      const onion = await direct.resolve('onion-mx.test');
+      assert.equal(onion.kind, 'permanent');
+      assert.deepEqual(dns.queries.slice(before), [{ name: 'onion-mx.test', type: 'MX' }]);
+      // Without `addresses`, the same domain gives names only (Tor resolves them).
+      const names = await resolver.resolve('bare.test');
+      assert.deepEqual(names, { kind: 'hosts', hosts: [{ host: 'bare.test', port: 25, preference: 0 }] });
+    } finally {
+      direct.close();
+    }
   });
 
   it('a resolver given as a host name is a configuration error', () => {

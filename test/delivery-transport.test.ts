@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import net from 'node:net';
 import { after, before, describe, it } from 'node:test';
-import { isolationCredentials, openTorConnection, TorConnectError } from '../src/delivery/transport.js';
+import { isolationCredentials, openDirectConnection, openTorConnection, TorConnectError } from '../src/delivery/transport.js';
 import { isValidV3OnionAddress, randomOnionAddress } from '../src/tor/onion-address.js';
 import { readUntil } from './helpers/read-until.js';
 import { startSocksServer, type TestSocksServer } from './helpers/socks5-server.js';
@@ -159,6 +159,27 @@ describe('delivery/transport against a SOCKS5 server on 127.0.0.1', () => {
       assert.equal(err.kind, 'permanent');
     }
     assert.equal(socks.requests.length, before);
+  });
+
+  it('direct mode connects to the given address only; a name without one is refused, never looked up', async () => {
+    const srv = net.createServer((s) => s.end('220 direct\r\n'));
+    await new Promise<void>((resolve) => srv.listen(0, '127.0.0.1', () => resolve()));
+    const port = (srv.address() as net.AddressInfo).port;
+    try {
+      const sock = await openDirectConnection({ host: 'mx.example.invalid', address: '127.0.0.1', port });
+      assert.equal(await readUntil(sock, /\r\n/), '220 direct\r\n');
+      sock.destroy();
+      for (const host of ['localhost', 'mx.example.invalid']) {
+        const err = await expectTorError(openDirectConnection({ host, port }));
+        assert.equal(err.code, 'DIRECT_FAILED');
+        assert.equal(err.kind, 'temporary');
+        assert.match(err.message, /no address for .*configured resolver/);
+      }
+      const onionErr = await expectTorError(openDirectConnection({ host: onion, address: '127.0.0.1', port }));
+      assert.match(onionErr.message, /only be reached through Tor/);
+    } finally {
+      await new Promise<void>((resolve) => srv.close(() => resolve()));
+    }
   });
 
   it('onion address helpers: generated addresses are valid v3, tampered ones are not', () => {

@@ -81,7 +81,10 @@ export interface Config {
     starttls: 'opportunistic' | 'required' | 'none';
     /** Longest wait for a connection through Tor (SOCKS CONNECT, rendezvous), ms. */
     connectTimeout: number;
-    /** Connect without Tor (tests, clearnet-only hosts): names resolved by the system. Loud in the log. */
+    /**
+     * Connect without Tor (tests, clearnet-only hosts): MX and A/AAAA records from `tor.dns`
+     * (never the system resolver), plain TCP to port 25. Loud in the log.
+     */
     direct: boolean;
   };
   store: {
@@ -113,7 +116,7 @@ export interface Config {
     cookieFile: string | null;
     /** Tor's SocksPort: every outbound SMTP connection goes through it. */
     socks: { host: string; port: number };
-    /** Tor's DNSPort, "ip:port", for MX queries of clearnet domains only; null: none. */
+    /** Tor's DNSPort, "ip:port", for MX queries of clearnet domains only (direct mode: also A/AAAA); null: none. */
     dns: string | null;
   };
   daemon: {

@@ -1,12 +1,17 @@
 /**
  * Next-hop resolution: which host names to connect to (through Tor) for a destination domain.
- * The only module that asks DNS; it never resolves A/AAAA (Tor does that at the exit).
+ * The only module that asks DNS; through Tor it never resolves A/AAAA (Tor does that at the exit).
  *
  * - `*.onion`: the domain itself, port 25; no DNS at all (checked before any resolver is touched).
  * - other domains, only when clearnet delivery is enabled: an MX query to the configured resolver
  *   (normally Tor's DNSPort). Tor answers MX with NOTIMP (Node: ENOTIMP); that, and NODATA, mean
  *   "implicit MX": the domain itself (RFC 5321 5.1). Several MX: by preference, ties shuffled.
  *   NXDOMAIN and null MX (RFC 7505) are permanent; SERVFAIL, timeouts, refusals are temporary.
+ * - direct mode (`addresses`: no Tor, so nobody else would resolve the names): the A and AAAA
+ *   records of each mail host come from the same configured resolver, one hop per address
+ *   (hosts by preference; per host IPv4 first, then IPv6), so that the transport connects to
+ *   addresses and the system resolver is never asked. No address for any host: permanent
+ *   when every answer said so (NXDOMAIN, NODATA), else temporary.
  *
  * Whether the domain is one of ours is the caller's business.
  */
@@ -23,6 +28,11 @@ export interface NextHop {
   port: number;
   /** MX preference; 0 for an onion or an implicit MX. */
   preference: number;
+  /**
+   * Direct mode only: the IP address to connect to, looked up through the configured resolver.
+   * Absent: the host name goes to Tor, which resolves it.
+   */
+  address?: string;
 }
 
 export type Resolution =
@@ -41,6 +51,11 @@ export interface NextHopResolverOptions {
   tries?: number;
   /** Random source for shuffling MX hosts of equal preference (tests). */
   random?: () => number;
+  /**
+   * Direct mode (`[delivery] direct`): also look up each host's A/AAAA records through
+   * `resolver` and return one hop per address (`NextHop.address`). Default false.
+   */
+  addresses?: boolean;
 }
 
 /** Lower-case A-label form without a trailing dot, or null when it is not a usable domain. */
@@ -76,10 +91,12 @@ export class NextHopResolver {
   private readonly server: string | null;
   private readonly clearnet: boolean;
   private readonly random: () => number;
+  private readonly addresses: boolean;
 
   constructor(options: NextHopResolverOptions = {}) {
     this.clearnet = options.clearnet ?? false;
     this.random = options.random ?? Math.random;
+    this.addresses = options.addresses ?? false;
     if (this.clearnet && options.resolver) {
       this.server = parseResolverAddress(options.resolver);
       this.dns = new dnsPromises.Resolver({ timeout: options.timeoutMs ?? 10_000, tries: options.tries ?? 2 });
@@ -110,13 +127,57 @@ export class NextHopResolver {
     }
     if (!this.dns) return temporary(`cannot look up the mail exchangers of ${name}: no resolver is configured`);
 
-    let records: { exchange: string; priority: number }[];
+    let resolution: Resolution;
     try {
-      records = await this.dns.resolveMx(name);
+      resolution = this.fromRecords(await this.dns.resolveMx(name), name);
     } catch (err) {
-      return this.classify(err as NodeJS.ErrnoException, name);
+      resolution = this.classify(err as NodeJS.ErrnoException, name);
     }
-    return this.fromRecords(records, name);
+    return this.addresses && resolution.kind === 'hosts' ? this.withAddresses(resolution.hosts, name) : resolution;
+  }
+
+  /** Direct mode: one hop per address of each host (in the hosts' order), from the configured resolver. */
+  private async withAddresses(hosts: NextHop[], name: string): Promise<Resolution> {
+    const found = await Promise.all(hosts.map((hop) => this.addressesOf(hop.host)));
+    const out: NextHop[] = [];
+    const seen = new Set<string>();
+    const problems: string[] = [];
+    let retry = false;
+    hosts.forEach((hop, i) => {
+      const f = found[i]!;
+      if ('problem' in f) {
+        problems.push(f.problem);
+        retry ||= f.temporary;
+        return;
+      }
+      for (const address of f.addresses) {
+        if (seen.has(address)) continue;
+        seen.add(address);
+        out.push({ ...hop, address });
+      }
+    });
+    if (out.length > 0) return { kind: 'hosts', hosts: out };
+    const reason = `no address to connect to for ${name}: ${problems.join('; ')}`;
+    return retry ? temporary(reason) : permanent(reason);
+  }
+
+  /** A and AAAA records of `host` (IPv4 first), or why there are none. */
+  private async addressesOf(host: string): Promise<{ addresses: string[] } | { problem: string; temporary: boolean }> {
+    if (net.isIP(host)) return { addresses: [host] };
+    // c-ares would refuse an onion name anyway (and it must never reach a resolver).
+    if (isOnionDomain(host)) return { problem: `${host} is an onion service, which direct delivery cannot reach`, temporary: false };
+    const dns = this.dns!;
+    const settle = (p: Promise<string[]>): Promise<string[] | NodeJS.ErrnoException> => p.catch((err: NodeJS.ErrnoException) => err);
+    const [v4, v6] = await Promise.all([settle(dns.resolve4(host)), settle(dns.resolve6(host))]);
+    const addresses = [v4, v6].flatMap((r) => (Array.isArray(r) ? r : []));
+    if (addresses.length > 0) return { addresses };
+    const errors = [v4, v6].filter((r): r is NodeJS.ErrnoException => !Array.isArray(r));
+    // No data, NXDOMAIN, a type the server does not do: a definite "no address".
+    const definite = (e: NodeJS.ErrnoException): boolean => e.code === 'ENODATA' || e.code === 'ENOTFOUND' || e.code === 'ENOTIMP';
+    const failure = errors.find((e) => !definite(e));
+    if (failure) return { problem: `DNS server ${this.server} did not answer the address query for ${host} (${failure.code ?? failure.message})`, temporary: true };
+    if (errors.some((e) => e.code === 'ENOTFOUND')) return { problem: `${host} does not exist (NXDOMAIN)`, temporary: false };
+    return { problem: `${host} has no A or AAAA record`, temporary: false };
   }
 
   private implicit(name: string): Resolution {

@@ -8,7 +8,7 @@
  *   domain as the stream-isolation key), then one SMTP session carries every due message for
  *   that domain, one transaction after the other (up to `maxMessagesPerConnection`), including
  *   mail for it that was queued while the connection was open. Several
- *   MX hosts: the next one is tried when a connection cannot be made.
+ *   MX hosts (in direct mode: addresses): the next one is tried when a connection cannot be made.
  * - Up to `concurrency` domains are worked on at once; a domain is never worked on twice at
  *   the same time.
  * - Every recipient's outcome is written to the entry's state durably right after its
@@ -444,7 +444,7 @@ export class DeliveryScheduler {
       } catch (err) {
         const e = err instanceof TorConnectError ? err : new TorConnectError(String((err as Error)?.message ?? err), 'CONNECTION_LOST', 'temporary', h.host, h.port);
         errors.push(e);
-        this.log.info({ domain, host: h.host, port: h.port, code: e.code, err: e.message }, 'connection failed');
+        this.log.info({ domain, host: h.host, ...(h.address ? { address: h.address } : {}), port: h.port, code: e.code, err: e.message }, 'connection failed');
       }
     }
     if (!socket || !hop) {
@@ -462,7 +462,7 @@ export class DeliveryScheduler {
     this.sockets.add(socket);
     socket.once('close', () => this.sockets.delete(socket));
     const connectMs = this.now() - started;
-    this.log.info({ domain, host, port: hop.port, route: this.options.route, connectMs, messages: items.length }, 'connected');
+    this.log.info({ domain, host, ...(hop.address ? { address: hop.address } : {}), port: hop.port, route: this.options.route, connectMs, messages: items.length }, 'connected');
 
     const setupStart = this.now();
     const opened = await openSmtpSession({
@@ -716,11 +716,14 @@ export function torConnector(options: { socks: () => { host: string; port: numbe
   return (hop, domain) => openTorConnection({ socks: options.socks(), host: hop.host, port: hop.port, isolationKey: domain, timeoutMs: options.timeoutMs });
 }
 
-/** Direct mode: connections without Tor. Every one is logged as a warning. */
+/**
+ * Direct mode: connections without Tor, to the address in the hop (looked up by a resolver made
+ * with `addresses: true`; never by the system resolver). Every one is logged as a warning.
+ */
 export function directConnector(options: { timeoutMs?: number; logger: Logger }): Connector {
   return (hop, domain) => {
-    options.logger.warn({ domain, host: hop.host, port: hop.port }, 'DIRECT MODE: connecting WITHOUT Tor (this reveals our address and DNS queries)');
-    return openDirectConnection({ host: hop.host, port: hop.port, timeoutMs: options.timeoutMs });
+    options.logger.warn({ domain, host: hop.host, address: hop.address, port: hop.port }, 'DIRECT MODE: connecting WITHOUT Tor (this reveals our address and DNS queries)');
+    return openDirectConnection({ host: hop.host, address: hop.address, port: hop.port, timeoutMs: options.timeoutMs });
   };
 }
 

@@ -362,17 +362,25 @@ function classifySocksFailure(
 }
 
 export interface DirectConnectionOptions {
+  /** The mail host's name (messages, errors). */
   host: string;
+  /**
+   * The IP address to connect to, looked up through the configured resolver
+   * (`NextHop.address`). Nothing is resolved here: without it, `host` must be an address.
+   */
+  address?: string;
   port: number;
   timeoutMs?: number;
 }
 
 /**
- * Direct mode (`[delivery] direct = true`): a plain TCP connection WITHOUT Tor, the name
- * resolved by the operating system. It reveals this machine's address and its DNS queries,
- * and cannot reach onion services; it exists for tests and clearnet-only setups, and the
- * scheduler logs a warning for every such connection. Resolves with a paused socket, like
- * `openTorConnection`. Failures are temporary TorConnectErrors (code DIRECT_FAILED).
+ * Direct mode (`[delivery] direct = true`): a plain TCP connection WITHOUT Tor, to an address
+ * the resolver looked up through the configured DNS server (`[tor] dns`); the system resolver
+ * is never asked (a host name without an address is refused). It reveals this machine's
+ * address and its DNS queries, and cannot reach onion services; it exists for tests and
+ * clearnet-only setups, and the scheduler logs a warning for every such connection. Resolves
+ * with a paused socket, like `openTorConnection`. Failures are temporary TorConnectErrors
+ * (code DIRECT_FAILED).
  */
 export async function openDirectConnection(options: DirectConnectionOptions): Promise<net.Socket> {
   const { port } = options;
@@ -383,12 +391,23 @@ export async function openDirectConnection(options: DirectConnectionOptions): Pr
   if (isOnionDomain(host)) {
     throw new TorConnectError(`${host} is an onion service: it can only be reached through Tor, not in direct mode`, 'DIRECT_FAILED', 'temporary', host, port);
   }
+  const address = options.address ?? host;
+  if (net.isIP(address) === 0) {
+    throw new TorConnectError(
+      `no address for ${host}: direct mode connects only to addresses looked up through the configured resolver ([tor] dns), never through the system resolver`,
+      'DIRECT_FAILED',
+      'temporary',
+      host,
+      port,
+    );
+  }
+  const where = address === host ? `${net.isIPv6(host) ? `[${host}]` : host}:${port}` : `${host} [${address}]:${port}`;
   const timeoutMs = options.timeoutMs ?? DEFAULT_TOR_CONNECT_TIMEOUT_MS;
   return new Promise<net.Socket>((resolve, reject) => {
-    const sock = net.connect({ host, port });
+    const sock = net.connect({ host: address, port });
     const timer = setTimeout(() => {
       sock.destroy();
-      reject(new TorConnectError(`no connection to ${host}:${port} within ${timeoutMs} ms (direct, without Tor)`, 'DIRECT_FAILED', 'temporary', host, port));
+      reject(new TorConnectError(`no connection to ${where} within ${timeoutMs} ms (direct, without Tor)`, 'DIRECT_FAILED', 'temporary', host, port));
     }, timeoutMs);
     sock.once('connect', () => {
       clearTimeout(timer);
@@ -399,7 +418,7 @@ export async function openDirectConnection(options: DirectConnectionOptions): Pr
     sock.once('error', (err: NodeJS.ErrnoException) => {
       clearTimeout(timer);
       sock.destroy();
-      reject(new TorConnectError(`cannot connect to ${host}:${port} (direct, without Tor): ${err.code ?? err.message}`, 'DIRECT_FAILED', 'temporary', host, port, undefined, { cause: err }));
+      reject(new TorConnectError(`cannot connect to ${where} (direct, without Tor): ${err.code ?? err.message}`, 'DIRECT_FAILED', 'temporary', host, port, undefined, { cause: err }));
     });
   });
 }

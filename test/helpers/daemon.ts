@@ -55,11 +55,16 @@ export async function startDaemon(extraToml = '', options: StartDaemonOptions = 
 
 /**
  * Runs `onionpost --config FILE start [args]` from the project root and resolves once its
- * stdout matches `ready` (default: the "onionpost is running" line), within 20 s.
+ * stdout matches `ready` (default: the "onionpost is running" line), within 20 s. `env` is
+ * added to this process's environment for the child.
  */
-export async function spawnDaemon(configFile: string, options: { args?: string[]; ready?: RegExp } = {}): Promise<DaemonProcess> {
+export async function spawnDaemon(configFile: string, options: { args?: string[]; ready?: RegExp; env?: NodeJS.ProcessEnv } = {}): Promise<DaemonProcess> {
   const ready = options.ready ?? /onionpost is running/;
-  const child = spawn(process.execPath, [BIN, '--config', configFile, 'start', ...(options.args ?? [])], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(process.execPath, [BIN, '--config', configFile, 'start', ...(options.args ?? [])], {
+    cwd: ROOT,
+    stdio: ['ignore', 'pipe', 'pipe'],
+    ...(options.env ? { env: { ...process.env, ...options.env } } : {}),
+  });
   let out = '';
   let err = '';
   child.stdout!.setEncoding('utf8').on('data', (d: string) => (out += d));

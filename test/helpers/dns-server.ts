@@ -15,6 +15,7 @@ export interface DnsRule {
   silent?: boolean;
   mx?: { preference: number; exchange: string }[];
   a?: string[];
+  aaaa?: string[];
 }
 
 export interface DnsQueryRecord {
@@ -54,6 +55,8 @@ export async function startDnsServer(rules: Record<string, DnsRule> = {}): Promi
         for (const mx of rule.mx ?? []) answers.push({ type: 'MX', name: q.name, ttl: 60, class: 'IN', data: mx });
       } else if (q.type === 'A') {
         for (const a of rule.a ?? []) answers.push({ type: 'A', name: q.name, ttl: 60, class: 'IN', data: a });
+      } else if (q.type === 'AAAA') {
+        for (const a of rule.aaaa ?? []) answers.push({ type: 'AAAA', name: q.name, ttl: 60, class: 'IN', data: a });
       }
     }
     const reply = dnsPacket.encode({
