@@ -265,6 +265,9 @@ export class OnionpostServer {
     const d = config.delivery;
     if (d.direct) {
       logger.warn('[delivery] direct = true: outbound mail is sent WITHOUT Tor, with DNS lookups through [tor] dns; this reveals the server. Only for tests and clearnet setups.');
+      if (config.relay.clearnet && !config.tor.dns) {
+        logger.warn('[delivery] direct = true without [tor] dns: mail to clearnet domains cannot be routed (no resolver) and waits in the queue until it expires. Set [tor] dns to a DNS server (host:port).');
+      }
     }
     this.scheduler = new DeliveryScheduler({
       queue: this.queue,
