@@ -29,9 +29,21 @@ interface Pending {
 
 const LITERAL_AT_END = /\{(\d+)\+?\}\r?\n$/;
 
+/** The last `n` bytes (or fewer) of the line made of parts[from..], as a 'binary' string. */
+function lineTail(parts: Buffer[], from: number, n: number): string {
+  let tail = '';
+  for (let i = parts.length - 1; i >= from && tail.length < n; i--) {
+    const p = parts[i];
+    tail = p.toString('latin1', Math.max(0, p.length - (n - tail.length))) + tail;
+  }
+  return tail;
+}
+
 export class ImapClient {
   private readonly socket: net.Socket;
   private parts: Buffer[] = [];
+  /** Index in `parts` where the current line starts (after the last literal). */
+  private lineStart = 0;
   private literalLeft = 0;
   private pending: Pending | null = null;
   private tagNo = 0;
@@ -88,6 +100,7 @@ export class ImapClient {
         this.parts.push(chunk.subarray(pos, pos + take));
         this.literalLeft -= take;
         pos += take;
+        if (this.literalLeft === 0) this.lineStart = this.parts.length;
         continue;
       }
       const nl = chunk.indexOf(10, pos);
@@ -97,17 +110,33 @@ export class ImapClient {
       }
       this.parts.push(chunk.subarray(pos, nl + 1));
       pos = nl + 1;
-      const last = this.parts[this.parts.length - 1];
-      const tail = last.length >= 24 || this.parts.length === 1 ? last.subarray(Math.max(0, last.length - 24)) : Buffer.concat(this.parts.slice(-3));
-      const m = LITERAL_AT_END.exec(tail.toString('latin1'));
+      const m = LITERAL_AT_END.exec(lineTail(this.parts, this.lineStart, 24));
       if (m) {
         this.literalLeft = Number(m[1]);
+        if (this.literalLeft === 0) this.lineStart = this.parts.length;
+        continue;
+      }
+      if (this.countOnly()) {
+        // an untagged response nobody looks at: count it without putting it together
+        let bytes = 0;
+        for (const part of this.parts) bytes += part.length;
+        this.parts = [];
+        this.lineStart = 0;
+        this.pending!.count++;
+        this.pending!.bytes += bytes;
         continue;
       }
       const response = this.parts.length === 1 ? this.parts[0] : Buffer.concat(this.parts);
       this.parts = [];
+      this.lineStart = 0;
       this.handle(response);
     }
+  }
+
+  /** Whether the response in `parts` is untagged and only counted (not kept, no onUntagged). */
+  private countOnly(): boolean {
+    const p = this.pending;
+    return p !== null && !p.keep && this.greeting === null && this.onUntagged === null && this.parts[0][0] === 0x2a /* * */;
   }
 
   private handle(response: Buffer): void {

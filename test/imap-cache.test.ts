@@ -56,9 +56,14 @@ async function start(maildirFor: (u: string) => string): Promise<Running> {
   const store = new MaildirStore({ maildirFor });
   const reads = { n: 0 };
   const readMessage = store.readMessage.bind(store);
-  store.readMessage = async (id, uid) => {
+  store.readMessage = async (id, uid, arena) => {
     reads.n++;
-    return readMessage(id, uid);
+    return readMessage(id, uid, arena);
+  };
+  const readMessages = store.readMessages.bind(store);
+  store.readMessages = async (id, uids, arena) => {
+    reads.n += uids.length;
+    return readMessages(id, uids, arena);
   };
   await store.ensureUser(USER);
   const server = createImapServer({

@@ -159,6 +159,50 @@ describe('FETCH output', () => {
     }
   });
 
+  it('whole-message lines put together by the fast path (BODY[], RFC822 with metadata) equal the general path', async () => {
+    const wire = await login();
+    try {
+      await wire.command('SELECT INBOX');
+      const items = 'FLAGS BODY.PEEK[] RFC822.SIZE RFC822 ENVELOPE INTERNALDATE';
+      for (let round = 0; round < 2; round++) {
+        const fast = await wire.command(`UID FETCH 1:* (${items})`, 20000);
+        const general = await wire.command(`UID FETCH 1:* (${items} BODY.PEEK[]<0.0>)`, 20000);
+        // (UID FETCH: imap-core puts UID last)
+        const expected = general.text.replace(/ BODY\[\]<0> \{0\}\r\n( UID \d+)?\)\r\n/g, '$1)\r\n');
+        assert.ok(fast.text === expected, `round ${round}`);
+        assert.match(fast.text.slice(0, 200), /^\* 1 FETCH \(FLAGS \([^)]*\\Seen[^)]*\) BODY\[\] \{\d+\}\r\n/);
+        assert.equal(fast.text.match(/ INTERNALDATE "[^"]+" UID \d+\)\r\n/g)?.length, MESSAGES.length + bigs.length);
+      }
+    } finally {
+      wire.close();
+    }
+  });
+
+  it('a store failure in the middle of a big FETCH ends it with a tagged reply after whole responses', async () => {
+    const wire = await login();
+    const readMessages = store.readMessages.bind(store);
+    let calls = 0;
+    store.readMessages = async (id, uids, arena) => {
+      if (++calls > 1) throw new Error('disk on fire');
+      return readMessages(id, uids, arena);
+    };
+    try {
+      await wire.command('SELECT INBOX');
+      const reply = await wire.command('FETCH 1:* (BODY.PEEK[])', 20000);
+      assert.doesNotMatch(reply.tagged, / OK/);
+      // what came before the tagged reply is whole responses, each ending in ")\r\n"
+      const before = reply.raw.subarray(0, reply.raw.length - reply.tagged.length - 2);
+      assert.ok(before.length > 0 && before.subarray(-3).toString() === ')\r\n', before.subarray(-40).toString('latin1'));
+      assert.match(reply.text, /^\* 1 FETCH \(BODY\[\] \{/);
+      // and the session goes on
+      store.readMessages = readMessages;
+      assert.match((await wire.command('NOOP')).tagged, /OK/);
+    } finally {
+      store.readMessages = readMessages;
+      wire.close();
+    }
+  });
+
   it('BODY[], partials and RFC822 of messages of every size are byte-exact', async () => {
     const wire = await login();
     try {

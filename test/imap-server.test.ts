@@ -638,6 +638,35 @@ describe('imap server over a real MaildirStore', () => {
       assert.equal((await store.getMessages(inboxId, [uidBase64])).length, 0);
     });
 
+    it('hundreds of messages in one FETCH come out byte-exact and in order (arenas, chunked writes, COMPRESS=DEFLATE, STARTTLS)', async () => {
+      await store.createMailbox(USER, 'Many');
+      const msgs: Buffer[] = [];
+      for (let i = 0; i < 300; i++) {
+        const body = Buffer.alloc(200 + ((i * 7919) % 60_000));
+        for (let k = 0; k < body.length; k++) body[k] = k % 80 === 78 ? 13 : k % 80 === 79 ? 10 : 33 + ((k * 31 + i) % 90);
+        // a few with bare LFs (stored as given, served with CRLF)
+        const head = i % 50 === 7 ? `Subject: many ${i}\nX-Lf: yes\n\n` : `Subject: many ${i}\r\n\r\n`;
+        const raw = Buffer.concat([Buffer.from(head), body]);
+        msgs.push(raw);
+        await store.append(USER, 'Many', raw);
+      }
+      // a connection of its own (the shared client keeps INBOX selected)
+      const other = imapClient(port);
+      await other.connect();
+      try {
+        await other.mailboxOpen('Many');
+        const seen: Buffer[] = [];
+        for await (const m of other.fetch('1:*', { source: true })) seen.push(m.source!);
+        assert.equal(seen.length, msgs.length);
+        seen.forEach((got, i) => {
+          const want = Buffer.from(msgs[i].toString('latin1').replace(/\r?\n/g, '\r\n'), 'latin1');
+          assert.ok(got.equals(want), `message ${i}`);
+        });
+      } finally {
+        await other.logout().catch(() => undefined);
+      }
+    });
+
     it('a 3 MiB message is served byte-exact (streamed literal, COMPRESS=DEFLATE, STARTTLS)', async () => {
       const filler = Buffer.alloc(3 * 1024 * 1024);
       for (let i = 0; i < filler.length; i++) filler[i] = (i * 7919) % 251;

@@ -5,12 +5,12 @@ import type { MessageMeta } from '../store/types.js';
 export const READ_BATCH_COUNT = 16;
 export const READ_BATCH_BYTES = 4 * 1024 * 1024;
 
-/** Consecutive batches of at most READ_BATCH_COUNT messages and READ_BATCH_BYTES (a bigger message goes alone). */
-export function* readBatches(metas: MessageMeta[]): Generator<MessageMeta[]> {
+/** Consecutive batches of at most `maxCount` messages and `maxBytes` (a bigger message goes alone). */
+export function* readBatches(metas: MessageMeta[], maxCount = READ_BATCH_COUNT, maxBytes = READ_BATCH_BYTES): Generator<MessageMeta[]> {
   let batch: MessageMeta[] = [];
   let bytes = 0;
   for (const meta of metas) {
-    if (batch.length && (batch.length >= READ_BATCH_COUNT || bytes + meta.size > READ_BATCH_BYTES)) {
+    if (batch.length && (batch.length >= maxCount || bytes + meta.size > maxBytes)) {
       yield batch;
       batch = [];
       bytes = 0;

@@ -198,8 +198,14 @@ export interface MailStore extends EventEmitter {
    * `builder(raw)`, computed once per message before it is stored. null: stop.
    */
   setMessageCacheBuilder(builder: MessageCacheBuilder | null): void;
-  /** The stored message with CRLF line endings, or null if the UID is gone. */
-  readMessage(mailboxId: string, uid: number): Promise<Buffer | null>;
+  /**
+   * The stored message with CRLF line endings, or null if the UID is gone. With an `arena`,
+   * the store may read the message into the arena's memory: the Buffer is then valid only
+   * until the caller resets or releases the arena (see read-arena.ts). Adapters may ignore it.
+   */
+  readMessage(mailboxId: string, uid: number, arena?: import('./read-arena.js').ReadArena): Promise<Buffer | null>;
+  /** readMessage for several messages at once (optional: cheaper per message where offered). */
+  readMessages?(mailboxId: string, uids: number[], arena?: import('./read-arena.js').ReadArena): Promise<Array<Buffer | null>>;
 
   storeFlags(mailboxId: string, uids: number[], options: StoreFlagsOptions): Promise<StoreFlagsResult>;
   /** Removes messages flagged \Deleted (only among `uids` when given). Returns the removed UIDs. */

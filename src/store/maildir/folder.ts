@@ -16,8 +16,7 @@
  * tick as one of ours are thus seen up to ~50 ms late, never lost.
  */
 import { copyFile, link, mkdir, open, readdir, readFile, rename, stat, unlink, utimes } from 'node:fs/promises';
-import fs from 'node:fs';
-import { join } from 'node:path';
+import { join, sep } from 'node:path';
 import type { Logger } from '../../log/logger.js';
 import {
   StoreError,
@@ -29,8 +28,8 @@ import {
   type StoreFlagsResult,
 } from '../types.js';
 import { appendCacheLines, cacheLine, readCacheFile, removeCacheFile, rewriteCacheFile, CACHE_FILE } from './cache-file.js';
-import { countBareLf, toCrlf } from './crlf.js';
-import { readMessageFile } from './message-reader.js';
+import { countBareLf } from './crlf.js';
+import { readMessageFile, readMessageFiles, withCrlf, type ReadArena } from './message-reader.js';
 import { acquireDotlock, DotlockTimeoutError, updateWithDotlock, type Dotlock } from './dotlock.js';
 import { DirectorySyncer, fsyncDir, replaceFile, unlinkQuietly, writeNewFile, writeNewFileDurably } from './durable-write.js';
 import { buildFileName, newBaseName, parseFileName, sortLetters } from './filename.js';
@@ -211,41 +210,6 @@ async function mapLimit<T, R>(items: readonly T[], fn: (item: T) => Promise<R>):
   return out;
 }
 
-/**
- * A whole file, read with open + one read + close when it is no bigger than `expected`
- * (the message's recorded size, which is at least its size on disk): fewer round trips to
- * the thread pool than fs.readFile (which also stats). Bigger files are read on in chunks.
- */
-function readWhole(path: string, expected: number): Promise<Buffer> {
-  return new Promise((resolve, reject) => {
-    fs.open(path, 'r', (err, fd) => {
-      if (err) return reject(err);
-      const chunks: Buffer[] = [];
-      let total = 0;
-      const finish = (error: Error | null): void => {
-        fs.close(fd, (closeErr) => {
-          if (error || closeErr) reject(error ?? closeErr);
-          else resolve(chunks.length === 1 ? chunks[0] : Buffer.concat(chunks, total));
-        });
-      };
-      const readMore = (size: number): void => {
-        const buf = Buffer.allocUnsafe(size);
-        fs.read(fd, buf, 0, size, total, (readErr, n) => {
-          if (readErr) return finish(readErr);
-          if (n > 0) {
-            chunks.push(n === size ? buf : buf.subarray(0, n));
-            total += n;
-          }
-          // a short read of a regular file is its end
-          if (n < size) finish(null);
-          else readMore(Math.max(64 * 1024, total));
-        });
-      };
-      readMore(Math.max(0, expected) + 1);
-    });
-  });
-}
-
 export class MaildirFolder {
   /** `<mailbox guid>@<user>`; set when first loaded. */
   id = '';
@@ -374,7 +338,7 @@ export class MaildirFolder {
     });
   }
 
-  async readMessage(uid: number): Promise<Buffer | null> {
+  async readMessage(uid: number, arena?: ReadArena): Promise<Buffer | null> {
     for (let attempt = 0; attempt < 3; attempt++) {
       const rec = await this.mutex.run(async () => {
         // A known UID needs no freshness check first (4 stats per message otherwise): if
@@ -392,22 +356,56 @@ export class MaildirFolder {
       if (rec === undefined) return null;
       let data: Buffer;
       try {
-        data = await readMessageFile(join(this.dir, rec.sub, rec.fileName), rec.size);
+        data = await readMessageFile(join(this.dir, rec.sub, rec.fileName), rec.size, arena);
       } catch (err) {
         // Renamed (flags) or moved to cur/ by someone else meanwhile: rescan and retry.
         if (errno(err) === 'ENOENT') continue;
         throw err;
       }
-      const out = toCrlf(data);
-      if (out.length !== rec.size) {
-        this.ctx.logger.warn({ mailbox: this.path, uid, recorded: rec.size, actual: out.length }, 'message size differs from its recorded size');
-        rec.size = out.length;
-        this.sizeMemo = null;
-        this.dirtyUids.add(uid);
-      }
-      return out;
+      return this.crlfChecked(rec, data);
     }
     return null;
+  }
+
+  /**
+   * readMessage for several UIDs (null for those gone), their files read in one go
+   * (readMessageFiles). A UID not known yet or whose file was renamed or removed meanwhile
+   * goes through readMessage (which rescans).
+   */
+  async readMessages(uids: readonly number[], arena?: ReadArena): Promise<Array<Buffer | null>> {
+    const recs = await this.mutex.run(async () => {
+      if (this.gone) throw new FolderGoneError(this.path);
+      return uids.map((uid) => (this.loaded ? this.records.get(uid) : undefined));
+    });
+    const known = recs.flatMap((rec, i) => (rec === undefined ? [] : [i]));
+    const read = await readMessageFiles(
+      // (plain concatenation, cheaper than join(): the system resolves it the same way)
+      known.map((i) => ({ path: `${this.dir}${sep}${recs[i]!.sub}${sep}${recs[i]!.fileName}`, expected: recs[i]!.size })),
+      arena,
+    );
+    const out = new Array<Buffer | null | Promise<Buffer | null>>(uids.length);
+    known.forEach((i, k) => {
+      const data = read[k];
+      if (!(data instanceof Error)) out[i] = this.crlfChecked(recs[i]!, data);
+      else if (errno(data) === 'ENOENT') out[i] = this.readMessage(uids[i], arena);
+      else out[i] = Promise.reject(data);
+    });
+    recs.forEach((rec, i) => {
+      if (rec === undefined) out[i] = this.readMessage(uids[i], arena);
+    });
+    return Promise.all(out);
+  }
+
+  /** The message read from `rec`'s file, with CRLF; a recorded size found wrong is corrected. */
+  private crlfChecked(rec: MessageRecord, data: Buffer): Buffer {
+    const out = withCrlf(data, rec.size);
+    if (out.length !== rec.size) {
+      this.ctx.logger.warn({ mailbox: this.path, uid: rec.uid, recorded: rec.size, actual: out.length }, 'message size differs from its recorded size');
+      rec.size = out.length;
+      this.sizeMemo = null;
+      this.dirtyUids.add(rec.uid);
+    }
+    return out;
   }
 
   async storeFlags(

@@ -497,8 +497,12 @@ export class MaildirStore extends EventEmitter implements MailStore {
     return built ?? undefined;
   }
 
-  async readMessage(mailboxId: string, uid: number): Promise<Buffer | null> {
-    return this.guard(async () => (await this.folderById(mailboxId)).readMessage(uid));
+  async readMessage(mailboxId: string, uid: number, arena?: import('../read-arena.js').ReadArena): Promise<Buffer | null> {
+    return this.guard(async () => (await this.folderById(mailboxId)).readMessage(uid, arena));
+  }
+
+  async readMessages(mailboxId: string, uids: number[], arena?: import('../read-arena.js').ReadArena): Promise<Array<Buffer | null>> {
+    return this.guard(async () => (await this.folderById(mailboxId)).readMessages(uids, arena));
   }
 
   async storeFlags(mailboxId: string, uids: number[], options: StoreFlagsOptions): Promise<StoreFlagsResult> {
