@@ -1257,10 +1257,12 @@ describe('deliver (delivery agent drop into new/)', () => {
         for (let i = 0; i < 4; i++) await store.deliver(USER, message(`m${i}`));
         assert.equal(files(join(root, 'new')).length, 4);
         await store.deliver(USER, message('m4'));
+        // The scan moves the files to cur/ first, then writes the uidlist: wait for the latter.
+        const numbered = async (): Promise<number> => parseUidlist(await readFile(join(root, 'dovecot-uidlist'), 'utf8')).records.length;
         const t0 = Date.now();
-        while (files(join(root, 'new')).length > 0 && Date.now() - t0 < 2000) await new Promise((r) => setTimeout(r, 5));
+        while ((await numbered()) < 5 && Date.now() - t0 < 2000) await new Promise((r) => setTimeout(r, 5));
+        assert.equal(await numbered(), 5);
         assert.deepEqual(files(join(root, 'new')), []);
-        assert.equal(parseUidlist(await readFile(join(root, 'dovecot-uidlist'), 'utf8')).records.length, 5);
       },
       { deliveriesPerBackgroundScan: 5 },
     );

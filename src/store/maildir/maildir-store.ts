@@ -100,8 +100,12 @@ interface MailboxWatch {
   watchers: FSWatcher[];
   timer: NodeJS.Timeout | null;
   stopped: boolean;
-  /** Rescans the mailbox after `ms` (coalesced with a rescan already due or running). */
-  rescanSoon(ms: number): void;
+  /**
+   * Rescans the mailbox after `ms` (coalesced with a rescan already due or running).
+   * `force`: scan even if the directories' mtimes look unchanged (our own delivery: the
+   * change may fall into the clock tick of the last scan).
+   */
+  rescanSoon(ms: number, force?: boolean): void;
 }
 
 /** Quota checks list the user's folders again after this long (ms). */
@@ -453,13 +457,13 @@ export class MaildirStore extends EventEmitter implements MailStore {
   private scanDelivered(folder: MaildirFolder): void {
     const w = folder.id === '' ? undefined : this.watches.get(folder.id);
     if (w !== undefined && !w.stopped) {
-      w.rescanSoon(0);
+      w.rescanSoon(0, true);
       return;
     }
     if (folder.unscannedDeliveries < this.deliveriesPerBackgroundScan || this.backgroundScans.has(folder)) return;
     this.backgroundScans.add(folder);
     folder
-      .load()
+      .rescan()
       .catch((err: unknown) => {
         if (!(err instanceof FolderGoneError)) this.logger.warn({ err, mailbox: folder.path }, 'background scan after deliveries failed');
       })
@@ -608,13 +612,15 @@ export class MaildirStore extends EventEmitter implements MailStore {
   private newWatch(mailboxId: string): MailboxWatch {
     let running = false;
     let again = false;
+    let force = false;
     const w: MailboxWatch = {
       count: 0,
       watchers: [],
       timer: null,
       stopped: false,
-      rescanSoon: (ms: number) => {
+      rescanSoon: (ms: number, forced = false) => {
         if (w.stopped || this.closed) return;
+        if (forced) force = true;
         if (running) {
           again = true;
           return;
@@ -633,9 +639,11 @@ export class MaildirStore extends EventEmitter implements MailStore {
       if (w.stopped || this.closed) return;
       running = true;
       again = false;
+      const forced = force;
+      force = false;
       this.folderById(mailboxId)
         .then(async (folder) => {
-          await folder.load();
+          await (forced ? folder.rescan() : folder.load());
           // a change in the same clock tick as the one just seen: look again once it is safe
           const later = folder.recheckInMs();
           if (later !== null && !again) w.timer ??= setTimeout(rescan, later);
