@@ -21,20 +21,19 @@
  * configured resolver.
  */
 import assert from 'node:assert/strict';
-import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import SMTPConnection from 'nodemailer/lib/smtp-connection';
 import { randomOnionAddress } from '../src/tor/onion-address.js';
-import { UserDb } from '../src/users/user-db.js';
 import { spawnDaemon, type DaemonProcess } from './helpers/daemon.js';
 import { startDnsServer, type TestDnsServer } from './helpers/dns-server.js';
 import { dnsSpyEnv, parseDnsSpyLog, type DnsSpyRecord } from './helpers/dns-spy.js';
 import { maildirMessages } from './helpers/maildir-files.js';
 import { parseDsn } from './helpers/mime.js';
-import { freePort } from './helpers/ports.js';
+import { jsonLogLines, prepareMailDaemon, type LogLine } from './helpers/mail-daemon.js';
 import { SmtpWire } from './helpers/smtp-wire.js';
 import { sleep, waitForEvery } from './helpers/wait-for.js';
 
@@ -127,12 +126,6 @@ function connectCode(host: string, port: number): Promise<string | null> {
 // ---------------------------------------------------------------------------------------
 // Daemons
 
-interface LogLine {
-  time: number;
-  msg: string;
-  [key: string]: unknown;
-}
-
 interface RunningDaemon {
   dir: string;
   config: string;
@@ -145,17 +138,7 @@ interface RunningDaemon {
 }
 
 async function startOnionpost(dir: string, domain: string, users: Record<string, string>, extraToml: string): Promise<RunningDaemon> {
-  await mkdir(path.join(dir, 'data'), { recursive: true, mode: 0o700 });
-  const ports = { smtp: await freePort(), submission: await freePort(), submissions: await freePort(), imap: await freePort(), imaps: await freePort() };
-  const config = path.join(dir, 'onionpost.toml');
-  await writeFile(
-    config,
-    `data_dir = "data"\ndomain = "${domain}"\n${extraToml}\n` +
-      `[smtp]\nport = ${ports.smtp}\n[submission]\nport = ${ports.submission}\ntls_port = ${ports.submissions}\n` +
-      `[imap]\nport = ${ports.imap}\ntls_port = ${ports.imaps}\n[log]\nlevel = "info"\n`,
-  );
-  const db = new UserDb(path.join(dir, 'data', 'users.passwd'), { localDomains: [domain] });
-  for (const [name, pw] of Object.entries(users)) await db.add(name, pw);
+  const { config, ports } = await prepareMailDaemon(dir, domain, users, extraToml);
   const spyFile = path.join(dir, 'dns-spy.jsonl');
   const daemon: DaemonProcess = await spawnDaemon(config, { env: dnsSpyEnv(spyFile) });
   const { child } = daemon;
@@ -165,12 +148,7 @@ async function startOnionpost(dir: string, domain: string, users: Record<string,
     ports,
     spyFile,
     pid: child.pid,
-    logs: () =>
-      daemon
-        .stderr()
-        .split('\n')
-        .filter((l) => l.startsWith('{'))
-        .map((l) => JSON.parse(l) as LogLine),
+    logs: () => jsonLogLines(daemon.stderr()),
     spied: async () => parseDnsSpyLog(await readFile(spyFile, 'utf8').catch(() => '')),
     stop: async () => {
       if (child.exitCode === null && child.signalCode === null) {

@@ -25,13 +25,12 @@ import { findNetworkTors, startTorNetwork, type TorNetwork } from '../scripts/to
 import type { QueueEntry } from '../src/delivery/queue.js';
 import { isolationCredentials } from '../src/delivery/transport.js';
 import { randomOnionAddress } from '../src/tor/onion-address.js';
-import { UserDb } from '../src/users/user-db.js';
 import { runCli } from './helpers/cli.js';
 import { spawnDaemon } from './helpers/daemon.js';
 import { startDnsServer, type TestDnsServer } from './helpers/dns-server.js';
 import { parseDsn } from './helpers/mime.js';
 import { maildirMessages } from './helpers/maildir-files.js';
-import { freePort } from './helpers/ports.js';
+import { jsonLogLines, prepareMailDaemon, type LogLine } from './helpers/mail-daemon.js';
 import { sleep, waitForEvery } from './helpers/wait-for.js';
 
 const waitFor = waitForEvery(20);
@@ -169,12 +168,6 @@ async function startTurnRelay(target: number): Promise<{ port: number; conns: Re
 // ---------------------------------------------------------------------------------------
 // Daemons
 
-interface LogLine {
-  time: number;
-  msg: string;
-  [key: string]: unknown;
-}
-
 interface RunningDaemon {
   dir: string;
   config: string;
@@ -182,21 +175,6 @@ interface RunningDaemon {
   child: ChildProcess;
   logs(): LogLine[];
   stop(): Promise<void>;
-}
-
-async function prepareDaemon(dir: string, domain: string, users: Record<string, string>, extraToml: string): Promise<{ config: string; ports: { smtp: number; submission: number; submissions: number; imap: number; imaps: number } }> {
-  await mkdir(path.join(dir, 'data'), { recursive: true, mode: 0o700 });
-  const ports = { smtp: await freePort(), submission: await freePort(), submissions: await freePort(), imap: await freePort(), imaps: await freePort() };
-  const config = path.join(dir, 'onionpost.toml');
-  await writeFile(
-    config,
-    `data_dir = "data"\ndomain = "${domain}"\n` +
-      `[smtp]\nport = ${ports.smtp}\n[submission]\nport = ${ports.submission}\ntls_port = ${ports.submissions}\n` +
-      `[imap]\nport = ${ports.imap}\ntls_port = ${ports.imaps}\n[log]\nlevel = "info"\n${extraToml}`,
-  );
-  const db = new UserDb(path.join(dir, 'data', 'users.passwd'), { localDomains: [domain] });
-  for (const [name, pw] of Object.entries(users)) await db.add(name, pw);
-  return { config, ports };
 }
 
 async function startOnionpost(dir: string, config: string, ports: { smtp: number; submission: number }): Promise<RunningDaemon> {
@@ -207,12 +185,7 @@ async function startOnionpost(dir: string, config: string, ports: { smtp: number
     config,
     ports,
     child,
-    logs: () =>
-      daemon
-        .stderr()
-        .split('\n')
-        .filter((l) => l.startsWith('{'))
-        .map((l) => JSON.parse(l) as LogLine),
+    logs: () => jsonLogLines(daemon.stderr()),
     stop: async () => {
       if (child.exitCode === null && child.signalCode === null) {
         const killed = await Promise.race([daemon.stop().then(() => false), sleep(10_000).then(() => true)]);
@@ -262,7 +235,7 @@ describe('outbound delivery through a private Tor network (two onionpost daemons
     async () => {
       dir = await mkdtemp(path.join(os.tmpdir(), 'onionpost-tor-e2e-'));
       dns = await startDnsServer({});
-      const bPrepared = prepareDaemon(path.join(dir, 'b'), 'placeholder.invalid', { bob: 'bob password' }, '[tor]\ncontrol = ""\n');
+      const bPrepared = prepareMailDaemon(path.join(dir, 'b'), 'placeholder.invalid', { bob: 'bob password' }, '[tor]\ncontrol = ""\n');
       const bPorts = (await bPrepared).ports;
       relay = await startTurnRelay(bPorts.smtp);
       // Tor takes ~15 s: users (argon2) and the daemons' configuration meanwhile.
@@ -281,7 +254,7 @@ describe('outbound delivery through a private Tor network (two onionpost daemons
         path.join(dir, 'b', 'data', 'users.passwd'),
         (await readFile(path.join(dir, 'b', 'data', 'users.passwd'), 'utf8')).replace(/placeholder\.invalid/g, B_DOMAIN),
       );
-      const aPrepared = await prepareDaemon(
+      const aPrepared = await prepareMailDaemon(
         aDir,
         A_DOMAIN,
         { alice: 'alice password' },

@@ -111,22 +111,9 @@ function account(ms: number): void {
  * ReadArena for how long such a Buffer stays valid).
  */
 export async function readMessageFile(path: string, expected: number, arena?: ReadArena): Promise<Buffer> {
-  const size = Math.max(0, expected);
-  if (size <= SYNC_MAX_BYTES) {
-    while (spentMs >= SYNC_BUDGET_MS) await waitForNextTurn();
-    if (syncReadsOn()) {
-      const t0 = performance.now();
-      let data: Buffer | null;
-      try {
-        data = readSmallSync(path, size, arena);
-      } finally {
-        account(performance.now() - t0);
-      }
-      if (data !== null) return data;
-      // bigger than expected: read again, asynchronously, to its end
-    }
-  }
-  return readWholeAsync(path, size);
+  const [data] = await readMessageFiles([{ path, expected }], arena);
+  if (data instanceof Error) throw data;
+  return data;
 }
 
 /**
