@@ -101,7 +101,11 @@ describe('daemon log at trace level', () => {
     const log = daemon.stderr();
     const lines = log.split('\n').filter((l) => l !== '');
     assert.ok(lines.length > 5, 'trace level logs something');
-    for (const l of lines) JSON.parse(l); // every line is JSON
+    for (const l of lines) {
+      JSON.parse(l); // every line is JSON
+      const keys = [...l.matchAll(/"([A-Za-z_]+)":/g)].map((m) => m[1]);
+      assert.equal(new Set(keys).size, keys.length, `no key twice in one line: ${l.slice(0, 200)}`);
+    }
     assert.ok(!log.includes(PASSWORD), 'no password in the log');
     assert.ok(!log.includes(plain), 'no AUTH PLAIN blob in the log');
     assert.ok(!log.includes(BODY), 'no message body in the log');

@@ -226,10 +226,16 @@ function greet(connection: ImapConnection): void {
 }
 
 /** imap-core logs `logger.level({tnx, cid, ...}, fmt, ...args)`: pino takes the same form. */
-function coreLogger(log: Logger): ImapCoreLogger {
+export function coreLogger(log: Logger): ImapCoreLogger {
   const wrap =
     (level: 'trace' | 'debug' | 'info' | 'warn' | 'error' | 'fatal') =>
     (obj: object, msg?: string, ...args: unknown[]): void => {
+      // imap-core puts its `component` into every line; `log` carries ours already (a JSON
+      // line must not have the key twice)
+      if (obj !== null && typeof obj === 'object' && 'component' in obj) {
+        const { component: _component, ...rest } = obj as Record<string, unknown>;
+        obj = rest;
+      }
       log[level](obj, msg, ...args);
     };
   return {
