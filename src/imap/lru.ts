@@ -1,34 +1,51 @@
-/** A small least-recently-used map with an entry limit. */
+/**
+ * A bounded cache that keeps recently used entries (an approximate LRU with two
+ * generations): new and recently read entries live in the young map; when it is full it
+ * becomes the old map and the previous old map is dropped. A hit in the young map costs one
+ * Map lookup (a strict LRU re-inserts on every hit, which dominated header SEARCH over
+ * thousands of messages); a hit in the old map moves the entry to the young one.
+ * Holds at most `maxEntries` entries.
+ */
 export class Lru<K, V> {
-  private readonly map = new Map<K, V>();
+  private young = new Map<K, V>();
+  private old = new Map<K, V>();
+  private readonly generation: number;
 
-  constructor(private readonly maxEntries: number) {}
+  constructor(maxEntries: number) {
+    this.generation = Math.max(1, Math.floor(maxEntries / 2));
+  }
 
   get(key: K): V | undefined {
-    const value = this.map.get(key);
-    if (value !== undefined) {
-      // re-insert to mark as most recently used
-      this.map.delete(key);
-      this.map.set(key, value);
+    const value = this.young.get(key);
+    if (value !== undefined) return value;
+    const aged = this.old.get(key);
+    if (aged !== undefined) {
+      this.old.delete(key);
+      this.put(key, aged);
     }
-    return value;
+    return aged;
   }
 
   set(key: K, value: V): void {
-    this.map.delete(key);
-    this.map.set(key, value);
-    while (this.map.size > this.maxEntries) {
-      const oldest = this.map.keys().next();
-      if (oldest.done) break;
-      this.map.delete(oldest.value);
-    }
+    this.old.delete(key);
+    if (this.young.has(key)) this.young.set(key, value);
+    else this.put(key, value);
   }
 
   get size(): number {
-    return this.map.size;
+    return this.young.size + this.old.size;
   }
 
   clear(): void {
-    this.map.clear();
+    this.young.clear();
+    this.old.clear();
+  }
+
+  private put(key: K, value: V): void {
+    if (this.young.size >= this.generation) {
+      this.old = this.young;
+      this.young = new Map();
+    }
+    this.young.set(key, value);
   }
 }
