@@ -194,8 +194,9 @@ export interface MailStore extends EventEmitter {
    */
   setMessageCache(mailboxId: string, entries: ReadonlyArray<{ uid: number; cache: string }>): Promise<void>;
   /**
-   * Fills the cache slot of every message stored from now on (append, delivery) with
-   * `builder(raw)`, computed once per message before it is stored. null: stop.
+   * Fills the cache slot of every message appended from now on with `builder(raw)`, computed
+   * once per message before it is stored. null: stop. (`deliver` does not build: a
+   * delivered message's slot stays empty until the protocol layer sets it.)
    */
   setMessageCacheBuilder(builder: MessageCacheBuilder | null): void;
   /**

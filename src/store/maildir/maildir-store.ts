@@ -153,8 +153,6 @@ export class MaildirStore extends EventEmitter implements MailStore {
   private readonly quotaFor: ((user: string) => number | null) | null;
   private readonly cacheBuildMaxBytes: number;
   private cacheBuilder: MessageCacheBuilder | null = null;
-  /** Cache slots built per message buffer (a delivery to several users builds once). */
-  private builtCache = new WeakMap<Buffer, string | null>();
   private readonly watches = new Map<string, MailboxWatch>();
   /** Folders with a background scan (after many unseen deliveries) in flight. */
   private readonly backgroundScans = new Set<MaildirFolder>();
@@ -481,24 +479,18 @@ export class MaildirStore extends EventEmitter implements MailStore {
 
   setMessageCacheBuilder(builder: MessageCacheBuilder | null): void {
     this.cacheBuilder = builder;
-    this.builtCache = new WeakMap();
   }
 
   /** The cache slot for a new message, if a builder is set and the message is not too big. */
   private buildCache(raw: Buffer): string | undefined {
     const builder = this.cacheBuilder;
     if (builder === null || raw.length > this.cacheBuildMaxBytes) return undefined;
-    let built = this.builtCache.get(raw);
-    if (built === undefined) {
-      try {
-        built = builder(raw);
-      } catch (err) {
-        this.logger.warn({ err }, 'message cache builder failed');
-        built = null;
-      }
-      this.builtCache.set(raw, built);
+    try {
+      return builder(raw) ?? undefined;
+    } catch (err) {
+      this.logger.warn({ err }, 'message cache builder failed');
+      return undefined;
     }
-    return built ?? undefined;
   }
 
   async readMessage(mailboxId: string, uid: number, arena?: import('../read-arena.js').ReadArena): Promise<Buffer | null> {
