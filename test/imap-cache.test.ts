@@ -10,10 +10,10 @@ import os from 'node:os';
 import path from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { after, describe, it } from 'node:test';
-import { pino } from 'pino';
-import { createImapServer, type ImapServer } from '../src/imap/imap-server.js';
+import type { ImapServer } from '../src/imap/imap-server.js';
 import { MaildirStore } from '../src/store/maildir/maildir-store.js';
 import { ImapWire } from './helpers/imap-wire.js';
+import { startOneUserImap } from './helpers/imap-test-server.js';
 
 const USER = 'alice';
 const PASSWORD = 'pw pw pw';
@@ -66,14 +66,7 @@ async function start(maildirFor: (u: string) => string): Promise<Running> {
     return readMessages(id, uids, arena);
   };
   await store.ensureUser(USER);
-  const server = createImapServer({
-    store,
-    logger: pino({ level: 'silent' }),
-    secure: false,
-    authenticate: async (u, p) => (u === USER && p === PASSWORD ? { id: USER, username: USER } : null),
-    closeTimeout: 100,
-  });
-  await server.listen(0, '127.0.0.1');
+  const server = await startOneUserImap(store, { user: USER, password: PASSWORD });
   const wire = await ImapWire.connect(server.address()!.port);
   await wire.readLine();
   assert.match((await wire.command(`LOGIN ${USER} "${PASSWORD}"`)).tagged, /OK/);

@@ -10,13 +10,13 @@ import { createRequire } from 'node:module';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { pino } from 'pino';
 import { imapHandler } from '../src/imap/imap-core.js';
 import type { FetchValue, QueryMessage, StructValue } from '../src/imap/imap-core-types.js';
-import { createImapServer, type ImapServer } from '../src/imap/imap-server.js';
+import type { ImapServer } from '../src/imap/imap-server.js';
 import { bodyFromStructure, structureOf } from '../src/imap/message-cache.js';
 import { MaildirStore } from '../src/store/maildir/maildir-store.js';
 import { ImapWire } from './helpers/imap-wire.js';
+import { startOneUserImap } from './helpers/imap-test-server.js';
 
 const require = createRequire(import.meta.url);
 const imapTools = require('@zone-eu/wildduck/imap-core/lib/imap-tools.js') as {
@@ -97,14 +97,7 @@ describe('FETCH output', () => {
     await store.ensureUser(USER);
     for (const m of MESSAGES) await store.append(USER, 'INBOX', m);
     for (const m of bigs) await store.append(USER, 'INBOX', m);
-    server = createImapServer({
-      store,
-      logger: pino({ level: 'silent' }),
-      secure: false,
-      authenticate: async (u, p) => (u === USER && p === PASSWORD ? { id: USER, username: USER } : null),
-      closeTimeout: 100,
-    });
-    await server.listen(0, '127.0.0.1');
+    server = await startOneUserImap(store, { user: USER, password: PASSWORD });
   });
   after(async () => {
     await server.close();

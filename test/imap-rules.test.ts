@@ -13,15 +13,15 @@ import { after, before, describe, it } from 'node:test';
 import { promisify } from 'node:util';
 import zlib from 'node:zlib';
 import net from 'node:net';
-import { pino } from 'pino';
 import { loadConfig } from '../src/config/load.js';
-import { createImapServer, type ImapServer } from '../src/imap/imap-server.js';
+import type { ImapServer } from '../src/imap/imap-server.js';
 import { silentLogger } from '../src/log/logger.js';
 import { createInboundSmtpServer } from '../src/smtp/inbound-server.js';
 import { MaildirStore, type MaildirStoreOptions } from '../src/store/maildir/maildir-store.js';
 import { parseQuotaRule, userQuotaBytes } from '../src/users/quota-rule.js';
 import { ImapWire } from './helpers/imap-wire.js';
 import { SmtpWire } from './helpers/smtp-wire.js';
+import { startOneUserImap } from './helpers/imap-test-server.js';
 
 const run = promisify(execFile);
 const USER = 'alice';
@@ -42,15 +42,7 @@ async function startEnv(dir: string, options: Partial<MaildirStoreOptions> = {},
   const maildirFor = (u: string): string => path.join(dir, 'mail', u);
   const store = new MaildirStore({ maildirFor, ...options });
   await store.ensureUser(USER);
-  const server = createImapServer({
-    store,
-    logger: pino({ level: 'silent' }),
-    secure: false,
-    tls,
-    authenticate: async (u, p) => (u === USER && p === PASSWORD ? { id: USER, username: USER } : null),
-    closeTimeout: 100,
-  });
-  await server.listen(0, host);
+  const server = await startOneUserImap(store, { user: USER, password: PASSWORD, tls, host });
   return { dir, store, server, port: server.address()!.port, maildirFor };
 }
 

@@ -9,11 +9,11 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { pino } from 'pino';
-import { createImapServer, type ImapServer } from '../src/imap/imap-server.js';
+import type { ImapServer } from '../src/imap/imap-server.js';
 import { parseSearchCriteria, resolveSequenceSet, SearchSyntaxError, tokenizeSearch } from '../src/imap/search-command.js';
 import { MaildirStore } from '../src/store/maildir/maildir-store.js';
 import { ImapWire } from './helpers/imap-wire.js';
+import { startOneUserImap } from './helpers/imap-test-server.js';
 
 const USER = 'alice';
 const PASSWORD = 'secret words';
@@ -165,14 +165,7 @@ describe('SEARCH over the wire', () => {
     const first = await store.append(USER, 'INBOX', crlf(['Subject: gone', '', 'x']), { flags: ['\\Deleted'] });
     await store.expunge(first.mailboxId, [first.uid]);
     for (const m of MESSAGES) await store.append(USER, 'INBOX', m.raw, { flags: m.flags, internalDate: new Date(m.idate) });
-    server = createImapServer({
-      store,
-      logger: pino({ level: 'silent' }),
-      secure: false,
-      authenticate: async (u, p) => (u === USER && p === PASSWORD ? { id: USER, username: USER } : null),
-      closeTimeout: 100,
-    });
-    await server.listen(0, '127.0.0.1');
+    server = await startOneUserImap(store, { user: USER, password: PASSWORD });
     wire = await ImapWire.connect(server.address()!.port);
     await wire.readLine();
     assert.match((await wire.command(`LOGIN ${USER} "${PASSWORD}"`)).tagged, /OK/);
