@@ -33,6 +33,7 @@ import { startDnsServer, type TestDnsServer } from './helpers/dns-server.js';
 import { dnsSpyEnv, parseDnsSpyLog, type DnsSpyRecord } from './helpers/dns-spy.js';
 import { maildirMessages } from './helpers/maildir-files.js';
 import { parseDsn } from './helpers/mime.js';
+import { startTcpRelay } from './helpers/tcp-relay.js';
 import { jsonLogLines, prepareMailDaemon, type LogLine } from './helpers/mail-daemon.js';
 import { SmtpWire } from './helpers/smtp-wire.js';
 import { sleep, waitForEvery } from './helpers/wait-for.js';
@@ -66,34 +67,8 @@ interface Tap {
 
 /** A TCP relay on `host:25` to the receiving daemon's port 25 listener, counting connections. */
 async function startTap(host: string, target: number): Promise<Tap> {
-  let count = 0;
-  const sockets = new Set<net.Socket>();
-  const server = net.createServer((client) => {
-    count++;
-    const upstream = net.connect({ host: '127.0.0.1', port: target });
-    for (const s of [client, upstream]) {
-      sockets.add(s);
-      s.on('close', () => sockets.delete(s));
-      s.on('error', () => {
-        client.destroy();
-        upstream.destroy();
-      });
-    }
-    client.pipe(upstream);
-    upstream.pipe(client);
-  });
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(25, host, () => resolve());
-  });
-  return {
-    address: host,
-    connections: () => count,
-    close: async () => {
-      for (const s of sockets) s.destroy();
-      await new Promise<void>((resolve) => server.close(() => resolve()));
-    },
-  };
+  const relay = await startTcpRelay({ host, port: 25, targetPort: target });
+  return { address: host, connections: relay.connections, close: relay.close };
 }
 
 /** A TCP listener that only counts connections (where Tor's SOCKS port would be). */

@@ -30,6 +30,7 @@ import { spawnDaemon } from './helpers/daemon.js';
 import { startDnsServer, type TestDnsServer } from './helpers/dns-server.js';
 import { parseDsn } from './helpers/mime.js';
 import { maildirMessages } from './helpers/maildir-files.js';
+import { startTcpRelay } from './helpers/tcp-relay.js';
 import { jsonLogLines, prepareMailDaemon, type LogLine } from './helpers/mail-daemon.js';
 import { sleep, waitForEvery } from './helpers/wait-for.js';
 
@@ -49,66 +50,45 @@ interface SocksRecord {
 /** A transparent proxy in front of Tor's SocksPort that records each SOCKS5 request it relays. */
 async function startSocksRecorder(torPort: number): Promise<{ port: number; connections: () => number; requests: SocksRecord[]; close(): Promise<void> }> {
   const requests: SocksRecord[] = [];
-  const sockets = new Set<net.Socket>();
-  let connections = 0;
-  const server = net.createServer((client) => {
-    connections++;
-    const upstream = net.connect({ host: '127.0.0.1', port: torPort });
-    for (const s of [client, upstream]) {
-      sockets.add(s);
-      s.on('close', () => sockets.delete(s));
-      s.on('error', () => {
-        client.destroy();
-        upstream.destroy();
-      });
+  const relay = await startTcpRelay({ targetPort: torPort, observe: (client) => recordSocksRequest(client, requests) });
+  return { ...relay, requests };
+}
+
+/** Records the SOCKS5 CONNECT (with its username/password, if any) the client sends first. */
+function recordSocksRequest(client: net.Socket, requests: SocksRecord[]): void {
+  let buf = Buffer.alloc(0);
+  let stage: 'greet' | 'auth-or-request' | 'request' | 'done' = 'greet';
+  const rec: Partial<SocksRecord> = {};
+  const onData = (d: Buffer): void => {
+    buf = Buffer.concat([buf, d]);
+    for (;;) {
+      if (stage === 'greet') {
+        if (buf.length < 2 || buf.length < 2 + buf[1]!) return;
+        buf = buf.subarray(2 + buf[1]!);
+        stage = 'auth-or-request';
+      } else if (stage === 'auth-or-request' && buf[0] === 0x01) {
+        if (buf.length < 2) return;
+        const ulen = buf[1]!;
+        if (buf.length < 3 + ulen || buf.length < 3 + ulen + buf[2 + ulen]!) return;
+        const plen = buf[2 + ulen]!;
+        rec.user = buf.subarray(2, 2 + ulen).toString();
+        rec.password = buf.subarray(3 + ulen, 3 + ulen + plen).toString();
+        buf = buf.subarray(3 + ulen + plen);
+        stage = 'request';
+      } else if (stage === 'auth-or-request' || stage === 'request') {
+        if (buf.length < 5) return;
+        const atyp = buf[3]!;
+        const end = atyp === 0x03 ? 5 + buf[4]! : atyp === 0x01 ? 8 : 20;
+        if (buf.length < end + 2) return;
+        const host = atyp === 0x03 ? buf.subarray(5, end).toString() : atyp === 0x01 ? [...buf.subarray(4, 8)].join('.') : buf.subarray(4, 20).toString('hex');
+        requests.push({ ...rec, atyp, host, port: buf.readUInt16BE(end) });
+        stage = 'done';
+        client.off('data', onData);
+        return;
+      } else return;
     }
-    let buf = Buffer.alloc(0);
-    let stage: 'greet' | 'auth-or-request' | 'request' | 'done' = 'greet';
-    const rec: Partial<SocksRecord> = {};
-    client.on('data', (d: Buffer) => {
-      upstream.write(d);
-      if (stage === 'done') return;
-      buf = Buffer.concat([buf, d]);
-      for (;;) {
-        if (stage === 'greet') {
-          if (buf.length < 2 || buf.length < 2 + buf[1]!) return;
-          buf = buf.subarray(2 + buf[1]!);
-          stage = 'auth-or-request';
-        } else if (stage === 'auth-or-request' && buf[0] === 0x01) {
-          if (buf.length < 2) return;
-          const ulen = buf[1]!;
-          if (buf.length < 3 + ulen || buf.length < 3 + ulen + buf[2 + ulen]!) return;
-          const plen = buf[2 + ulen]!;
-          rec.user = buf.subarray(2, 2 + ulen).toString();
-          rec.password = buf.subarray(3 + ulen, 3 + ulen + plen).toString();
-          buf = buf.subarray(3 + ulen + plen);
-          stage = 'request';
-        } else if (stage === 'auth-or-request' || stage === 'request') {
-          if (buf.length < 5) return;
-          const atyp = buf[3]!;
-          const end = atyp === 0x03 ? 5 + buf[4]! : atyp === 0x01 ? 8 : 20;
-          if (buf.length < end + 2) return;
-          const host = atyp === 0x03 ? buf.subarray(5, end).toString() : atyp === 0x01 ? [...buf.subarray(4, 8)].join('.') : buf.subarray(4, 20).toString('hex');
-          requests.push({ ...rec, atyp, host, port: buf.readUInt16BE(end) });
-          stage = 'done';
-          return;
-        } else return;
-      }
-    });
-    upstream.on('data', (d: Buffer) => client.write(d));
-    client.on('end', () => upstream.end());
-    upstream.on('end', () => client.end());
-  });
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', () => resolve()));
-  return {
-    port: (server.address() as net.AddressInfo).port,
-    connections: () => connections,
-    requests,
-    close: async () => {
-      for (const s of sockets) s.destroy();
-      await new Promise<void>((resolve) => server.close(() => resolve()));
-    },
   };
+  client.on('data', onData);
 }
 
 interface RelayConnection {
